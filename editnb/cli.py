@@ -1,0 +1,74 @@
+"""The ``editnb`` command (also ``python -m editnb``).
+
+    editnb figures [--out DIR] [NOTEBOOK ...]   run the chapters on the toy profile, write figures
+    editnb toy train MODEL [--steps N ...]      train one ToyWorld model (resumable)
+    editnb toy eval [--json PATH]               measure the shipped ToyWorld models
+
+Failures exit non-zero with a one-line reason on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="editnb", description="Text-guided image editing course helpers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    fig = sub.add_parser("figures", help="execute the chapter notebooks on the toy profile and write their figures")
+    fig.add_argument("notebooks", nargs="*", help="notebooks to run (default: all of notebooks/)")
+    fig.add_argument("--out", default="figures", help="folder for executed notebooks and PNG figures (default: figures)")
+    fig.add_argument("--profile", default="toy", choices=["toy", "sd15", "auto"], help="model profile (default: toy)")
+    fig.add_argument("--timeout", type=int, default=1200, help="per-cell timeout in seconds")
+
+    toy = sub.add_parser("toy", help="ToyWorld models: train and evaluate")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True)
+    tr = toy_sub.add_parser("train", help="train one ToyWorld model (resumes from its checkpoint)")
+    from .toy.train import MODELS
+
+    tr.add_argument("model", choices=MODELS)
+    tr.add_argument("--steps", type=int, help="total optimisation steps (default: the recipe's)")
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--work-dir", default=".editnb-train", help="checkpoint folder (default: .editnb-train)")
+    tr.add_argument("--out", help="output folder (default: data/models/toy-MODEL)")
+    tr.add_argument("--no-export", action="store_true", help="only train and checkpoint")
+
+    ev = toy_sub.add_parser("eval", help="evaluate the shipped ToyWorld models with the oracle")
+    ev.add_argument("--json", help="write the figures to this JSON file")
+    ev.add_argument("--n", type=int, default=None, help="held-out items per measurement (default: each metric's own)")
+    ev.add_argument("--only", nargs="*", help="metrics to compute (default: all)")
+    ev.add_argument("--update-cards", action="store_true", help="write the figures into the model cards")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "figures":
+            from .figures import run_notebooks
+
+            run_notebooks(args.notebooks, out=args.out, profile=args.profile, timeout=args.timeout)
+        elif args.command == "toy" and args.toy_command == "train":
+            from .toy.train import train
+
+            summary = train(args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            device=args.device, seed=args.seed, work_dir=args.work_dir,
+                            out_dir=args.out, export=not args.no_export)
+            print(f"trained {args.model}: {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min, "
+                  f"final loss {summary['final_loss']:.4f}")
+        elif args.command == "toy" and args.toy_command == "eval":
+            from .toy.evaluate import evaluate, print_table
+
+            results = evaluate(n=args.n, only=args.only, json_path=args.json, update_cards=args.update_cards)
+            print_table(results)
+        return 0
+    except KeyboardInterrupt:
+        print("editnb: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        print(f"editnb: error: {e}", file=sys.stderr)
+        return 1

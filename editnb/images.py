@@ -1,0 +1,184 @@
+"""Images in and out: load from anything, convert to RGB, fit to a model's resolution, tensors to
+and from PIL, labelled grids.  Bad input raises a ``ValueError`` that says what was wrong."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+def load_image(image) -> Image.Image:
+    """A path, PIL image, array (H, W[, C]) or tensor (C, H, W) in [-1, 1] -> RGB PIL image.
+
+    RGBA is composited on white, greyscale and palette images are converted to RGB.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.exists():
+            raise ValueError(f"image file {str(path)!r} does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                pil = im.copy()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read {str(path)!r} as an image ({e})") from None
+    elif isinstance(image, Image.Image):
+        pil = image
+    elif isinstance(image, np.ndarray):
+        pil = _array_to_pil(image)
+    elif _is_tensor(image):
+        return tensor_to_pil(image)
+    else:
+        raise ValueError(f"cannot make an image from a {type(image).__name__}; pass a path, a PIL image, "
+                         "a numpy array or a torch tensor")
+    if pil.width == 0 or pil.height == 0:
+        raise ValueError(f"the image is empty ({pil.width}x{pil.height})")
+    return _to_rgb(pil)
+
+
+def _is_tensor(x) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, torch.Tensor)
+
+
+def _to_rgb(pil: Image.Image) -> Image.Image:
+    if pil.mode == "RGB":
+        return pil
+    if pil.mode == "P":
+        pil = pil.convert("RGBA")
+    if pil.mode in ("RGBA", "LA"):
+        rgba = pil.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return pil.convert("RGB")
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    if arr.size == 0:
+        raise ValueError(f"the image array is empty (shape {arr.shape})")
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"array of shape {arr.shape} looks channels-first; images as arrays are (H, W, C)")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("the image array contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"float image arrays must be in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
+                             "(for uint8 data pass dtype uint8)")
+        arr = np.rint(np.clip(arr, 0, 1) * 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8 in [0, 255] or float in [0, 1]")
+    return Image.fromarray(np.ascontiguousarray(arr))  # mode L, RGB or RGBA from the shape
+
+
+def to_numpy(image) -> np.ndarray:
+    """Anything :func:`load_image` takes -> uint8 array (H, W, 3)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        return image
+    return np.asarray(load_image(image))
+
+
+def fit(image, size: int) -> Image.Image:
+    """Resize (shorter side to `size`, bicubic) and centre-crop to `size` x `size`.
+
+    `size` must be a multiple of 8 (the VAE downsamples by 4 in the toy profile and 8 in sd15).
+    """
+    if size <= 0 or size % 8:
+        raise ValueError(f"size must be a positive multiple of 8, got {size}")
+    pil = load_image(image)
+    w, h = pil.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        pil = pil.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return pil.crop((left, top, left + size, top + size))
+
+
+def model_resolution(pipe_or_vae) -> int:
+    """The pixel resolution a pipeline (or a UNet/VAE pair) is built for, read from its config."""
+    unet = getattr(pipe_or_vae, "unet", None)
+    vae = getattr(pipe_or_vae, "vae", None)
+    if unet is not None and vae is not None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        return int(unet.config.sample_size) * factor
+    if hasattr(pipe_or_vae, "config") and "sample_size" in pipe_or_vae.config:
+        return int(pipe_or_vae.config.sample_size)
+    raise ValueError(f"cannot tell the resolution of a {type(pipe_or_vae).__name__}; pass a pipeline")
+
+
+def pil_to_tensor(image, size: int | None = None):
+    """Image -> float tensor (1, 3, H, W) in [-1, 1] (the VAE's range), optionally fitted to `size`."""
+    import torch
+
+    pil = fit(image, size) if size else load_image(image)
+    arr = np.asarray(pil, np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+
+def tensor_to_pil(tensor) -> Image.Image | list[Image.Image]:
+    """Float tensor (3, H, W) or (B, 3, H, W) in [-1, 1] -> PIL image(s)."""
+    t = tensor.detach().float().cpu()
+    if t.ndim == 4:
+        return [tensor_to_pil(x) for x in t]
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ValueError(f"expected a tensor (3, H, W) or (B, 3, H, W) in [-1, 1]; got shape {tuple(t.shape)}")
+    if not bool(t.isfinite().all()):
+        raise ValueError("the image tensor contains NaN or infinite values")
+    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+
+
+def upscale(image, size: int = 256) -> Image.Image:
+    """Nearest-neighbour upscaling for display: keeps 64x64 pixels crisp and notebooks small."""
+    pil = load_image(image)
+    return pil.resize((size, round(pil.height * size / pil.width)), Image.NEAREST)
+
+
+def grid(images, labels=None, ncols: int | None = None, size: float = 1.8, title: str | None = None,
+         row_labels=None):
+    """A labelled grid of images (matplotlib figure); images are shown nearest-neighbour."""
+    import matplotlib.pyplot as plt
+
+    images = list(images)
+    if not images:
+        raise ValueError("grid() needs at least one image")
+    n = len(images)
+    ncols = ncols or n
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if title else 0)), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(to_numpy(images[k]), interpolation="nearest")
+        if labels is not None and k < len(labels):
+            ax.set_title(labels[k], fontsize=8)
+        if row_labels is not None and k % ncols == 0 and k // ncols < len(row_labels):
+            ax.set_ylabel(row_labels[k // ncols], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sample_photos() -> dict[str, Image.Image]:
+    """Real photographs for the sd15 profile, from scikit-image's bundled data (public domain or
+    CC0 as listed in skimage's data README): astronaut, coffee, chelsea (a cat), rocket."""
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise RuntimeError("sample photographs come from scikit-image: pip install scikit-image") from e
+    return {name: Image.fromarray(getattr(data, name)()).convert("RGB")
+            for name in ("astronaut", "coffee", "chelsea", "rocket")}

@@ -1,0 +1,232 @@
+"""The model registry: one place that names every model of the course, per profile.
+
+``load("sd")`` gives Stable Diffusion 1.5 in the ``sd15`` profile and the ToyWorld miniature in
+``toy``; both are the same diffusers/transformers classes loaded with ``from_pretrained``, so
+everything downstream is profile-agnostic.  Loading is lazy and cached per process.  Offline, a
+model that is not in the local cache fails at once with a message that names it and points to the
+toy profile; nothing waits on the network.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runtime import current, data_dir, hub_reachable
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model lives in each profile and how to load it.
+
+    ``kind`` picks the loader; ``sd15`` is a Hub id (with an optional file inside it), ``toy`` a
+    folder under ``data/models`` or None when the toy profile has no such model.
+    """
+
+    kind: str
+    sd15: str
+    toy: str | None
+    sd15_file: str | None = None
+    note: str = ""
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "sd": ModelSpec("sd-pipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5", "toy-sd",
+                    note="text-to-image latent diffusion"),
+    "ip2p": ModelSpec("ip2p-pipeline", "timbrooks/instruct-pix2pix", "toy-ip2p",
+                      note="instruction-based editing (InstructPix2Pix)"),
+    "clip": ModelSpec("clip", "openai/clip-vit-large-patch14", "toy-clip", note="CLIP ViT-L/14"),
+    "clip-b32": ModelSpec("clip", "openai/clip-vit-base-patch32", "toy-clip",
+                          note="CLIP ViT-B/32 (MagicBrush's CLIP-I / CLIP-T); toy-clip in the toy profile"),
+    "clipseg": ModelSpec("clipseg", "CIDAS/clipseg-rd64-refined", "toy-clipseg", note="text-prompted masks"),
+    "ip-adapter": ModelSpec("ip-adapter", "h94/IP-Adapter", "toy-ip-adapter", sd15_file="models/ip-adapter_sd15.bin",
+                            note="image prompt adapter for the 'sd' pipeline"),
+    "blip": ModelSpec("blip", "Salesforce/blip-image-captioning-base", None,
+                      note="captioning; ToyWorld scenes carry their exact captions instead"),
+    "dino": ModelSpec("dino", "facebook/dino-vitb8", None,
+                      note="structure distance; the toy profile uses toy-clip features under a toy-* name"),
+    "dino-s16": ModelSpec("dino", "facebook/dino-vits16", None,
+                          note="MagicBrush DINO similarity; toy-clip features in the toy profile"),
+    "editclip": ModelSpec("editclip", "QWW/EditCLIP", "toy-editclip", note="edit representation encoder"),
+}
+
+_CACHE: dict[tuple, object] = {}
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def toy_path(name: str) -> Path:
+    spec = _spec(name)
+    if spec.toy is None:
+        raise RuntimeError(f"'{name}' has no toy version ({spec.note}); in the toy profile use what the note says")
+    return models_dir() / spec.toy
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; the registry has {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def hub_file_cached(repo_id: str, filename: str) -> bool:
+    """Is `filename` of `repo_id` in the local Hugging Face cache? (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, filename)
+    return isinstance(path, str)
+
+
+def _probe_file(spec: ModelSpec) -> str:
+    if spec.sd15_file:
+        return spec.sd15_file
+    return "model_index.json" if spec.kind.endswith("pipeline") else "config.json"
+
+
+def missing_offline(profile: str = "sd15") -> list[str]:
+    """Models of `profile` that cannot be loaded on this machine now (Hub ids or toy folders)."""
+    missing = []
+    for name, spec in REGISTRY.items():
+        if profile == "sd15":
+            if not hub_reachable() and not hub_file_cached(spec.sd15, _probe_file(spec)):
+                missing.append(spec.sd15)
+        elif spec.toy is not None and not (models_dir() / spec.toy).exists():
+            missing.append(spec.toy)
+    return sorted(set(missing))
+
+
+def _offline_error(spec: ModelSpec, name: str) -> RuntimeError:
+    return RuntimeError(
+        f"cannot load '{name}' ({spec.sd15}): the Hugging Face Hub is unreachable and the model is not in the "
+        "local cache. Use the toy profile, which needs no download: editnb.setup(profile='toy') "
+        "or EDITNB_PROFILE=toy.")
+
+
+def load(name: str, profile: str | None = None, device=None, dtype=None):
+    """Load a registry model for a profile (default: the current runtime's), cached per process.
+
+    Pipelines come back on `device` in `dtype`; on CUDA GPUs under 16 GB model CPU offload and VAE
+    slicing are switched on so every chapter fits a free Colab T4.  CLIP-like models come back as
+    ``(model, processor)``.
+    """
+    import torch
+
+    rt = current()
+    profile = profile or rt.profile
+    device = torch.device(device) if device is not None else rt.device
+    dtype = dtype or rt.dtype
+    spec = _spec(name)
+    key = (name, profile, str(device), str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    if profile == "toy":
+        folder = toy_path(name)
+        if not folder.exists():
+            raise RuntimeError(f"the toy model '{spec.toy}' is missing from {folder}; it ships with the repository "
+                               f"(git checkout data/models) or can be retrained with `editnb toy train`")
+        source, local_only = str(folder), True
+    elif profile == "sd15":
+        source = spec.sd15
+        local_only = not hub_reachable()
+        if local_only and not hub_file_cached(spec.sd15, _probe_file(spec)):
+            raise _offline_error(spec, name)
+    else:
+        raise ValueError(f"unknown profile {profile!r}; use 'sd15' or 'toy'")
+    if spec.kind not in _LOADERS:
+        raise RuntimeError(f"'{name}' ({spec.note}) is named in the registry but editnb has no loader for it yet; "
+                           "it comes with the chapter that uses it")
+    try:
+        model = _LOADERS[spec.kind](source, spec, device, dtype, local_only, profile)
+    except OSError as e:
+        if profile == "sd15":
+            raise _offline_error(spec, name) from e
+        raise RuntimeError(f"cannot load the toy model {source}: {e}") from e
+    _CACHE[key] = model
+    return model
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _place_pipeline(pipe, device, dtype):
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        if total < 16 * 2 ** 30:
+            pipe.enable_model_cpu_offload(device=device)
+            pipe.vae.enable_slicing()
+            return pipe
+    pipe.to(device)
+    return pipe
+
+
+def _load_sd(source, spec, device, dtype, local_only, profile):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only,
+                                                   safety_checker=None, requires_safety_checker=False)
+    return _place_pipeline(pipe, device, dtype)
+
+
+def _load_ip2p(source, spec, device, dtype, local_only, profile):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        source, torch_dtype=dtype, local_files_only=local_only, safety_checker=None, requires_safety_checker=False)
+    return _place_pipeline(pipe, device, dtype)
+
+
+def _load_clip(source, spec, device, dtype, local_only, profile):
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(source, dtype=dtype, local_files_only=local_only).to(device).eval()
+    return model, CLIPProcessor.from_pretrained(source, local_files_only=local_only)
+
+
+def _load_clipseg(source, spec, device, dtype, local_only, profile):
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    model = CLIPSegForImageSegmentation.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    return model.to(device).eval(), CLIPSegProcessor.from_pretrained(source, local_files_only=local_only)
+
+
+def _load_blip(source, spec, device, dtype, local_only, profile):
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    return model.to(device).eval(), BlipProcessor.from_pretrained(source, local_files_only=local_only)
+
+
+def _load_dino(source, spec, device, dtype, local_only, profile):
+    from transformers import AutoImageProcessor, ViTModel
+
+    model = ViTModel.from_pretrained(source, dtype=dtype, local_files_only=local_only, add_pooling_layer=False)
+    return model.to(device).eval(), AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
+
+
+def _load_ip_adapter(source, spec, device, dtype, local_only, profile):
+    """The 'sd' pipeline with the IP-Adapter loaded (a separate cached pipeline object)."""
+    pipe = _load_sd(str(models_dir() / _spec("sd").toy) if profile == "toy" else _spec("sd").sd15,
+                    spec, device, dtype, local_only, profile)
+    if profile == "toy":
+        from .toy.train import IP_ADAPTER_WEIGHTS
+
+        pipe.load_ip_adapter(source, subfolder="models", weight_name=IP_ADAPTER_WEIGHTS, local_files_only=True)
+    else:
+        sub, weight = spec.sd15_file.rsplit("/", 1)
+        pipe.load_ip_adapter(source, subfolder=sub, weight_name=weight, local_files_only=local_only)
+    return pipe
+
+
+_LOADERS = {
+    "sd-pipeline": _load_sd,
+    "ip2p-pipeline": _load_ip2p,
+    "clip": _load_clip,
+    "clipseg": _load_clipseg,
+    "blip": _load_blip,
+    "dino": _load_dino,
+    "ip-adapter": _load_ip_adapter,
+}
