@@ -4,4 +4,3 @@ import os
 os.environ.setdefault("EDITNB_PROFILE", "toy")
 os.environ.setdefault("EDITNB_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,251 @@
+"""``editnb toy eval``: measure the shipped ToyWorld models on held-out data with the oracle.
+
+Every figure is computed here, from the test split (scene/edit indices the training never saw),
+with fixed seeds, so two runs on the same machine print the same table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import oracle, world
+from .data import to_tensor
+
+TARGETS = {
+    "vae_psnr": (">=", 30.0),
+    "clip_top1": (">=", 0.95),
+    "t2i_single": (">=", 0.85),
+    "t2i_pair": (">=", 0.6),
+    "ip2p_success": (">=", 0.75),
+    "ip2p_bg_psnr": (">=", 24.0),
+    "xattn_iou": (">=", 0.4),
+}
+SAMPLING = {"steps": 25, "guidance_scale": 5.0, "ip2p_text_guidance": 7.5, "ip2p_image_guidance": 1.5, "seed": 0}
+
+
+def _load(name):
+    from ..models import load
+
+    return load(name, profile="toy", device="cpu", dtype=torch.float32)
+
+
+def _images(arr) -> list[np.ndarray]:
+    return [np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8) for a in arr]
+
+
+def vae_psnr(n: int = 128) -> float:
+    """Mean reconstruction PSNR (dB) of toy-vae on test scenes (posterior mean, no sampling)."""
+    vae = _load("sd").vae
+    scenes = [world.scene_for("test", i) for i in range(n)]
+    x = torch.stack([to_tensor(world.render(s)) for s in scenes])
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    mse = ((rec - x) / 2).pow(2).mean((1, 2, 3))
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def clip_top1(n: int = 150) -> float:
+    """Zero-shot accuracy of toy-clip: for single-object test images, pick the right caption
+    among all colour x shape captions (with the image's background)."""
+    model, processor = _load("clip")
+    tok = processor.tokenizer
+    pairs = [(c, s) for c in world.COLORS for s in world.SHAPES]
+    correct = 0
+    scenes = [world.scene_for("test", i, n_objects=1) for i in range(n)]
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=torch.stack([to_tensor(world.render(s)) for s in scenes]))
+        img = F.normalize(_features(img), dim=-1)
+        for bg in world.BACKGROUNDS:
+            texts = [f"a {c} {s} on a {bg} background" for c, s in pairs]
+            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+            txt = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
+            for k, sc in enumerate(scenes):
+                if sc.background != bg:
+                    continue
+                guess = pairs[int((img[k] @ txt.T).argmax())]
+                correct += guess == (sc.objects[0].color, sc.objects[0].shape)
+    return correct / n
+
+
+def _features(out):
+    """transformers 5 returns a model output from get_*_features; older versions a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def generate(prompts: list[str], seed: int = 0, steps: int | None = None, guidance: float | None = None):
+    pipe = _load("sd")
+    out = pipe(prompts, num_inference_steps=steps or SAMPLING["steps"],
+               guidance_scale=guidance or SAMPLING["guidance_scale"],
+               generator=torch.Generator().manual_seed(seed), output_type="np")
+    return _images(out.images)
+
+
+def t2i_accuracy(n_objects: int, n: int = 60) -> float:
+    """Fraction of toy-sd samples from held-out captions that the oracle reads as the caption says."""
+    captions = [world.scene_for("test", i, n_objects=n_objects).caption for i in range(n)]
+    images = generate(captions, seed=n_objects)
+    return float(np.mean([oracle.caption_agreement(im, c) for im, c in zip(images, captions)]))
+
+
+def ip2p_edits(edits: list[world.Edit], seed: int = 0, steps: int | None = None,
+               text_guidance: float | None = None, image_guidance: float | None = None) -> list[np.ndarray]:
+    from PIL import Image
+
+    pipe = _load("ip2p")
+    out = pipe([e.instruction for e in edits], image=[Image.fromarray(e.source_image()) for e in edits],
+               num_inference_steps=steps or SAMPLING["steps"],
+               guidance_scale=text_guidance or SAMPLING["ip2p_text_guidance"],
+               image_guidance_scale=image_guidance or SAMPLING["ip2p_image_guidance"],
+               generator=torch.Generator().manual_seed(seed), output_type="np")
+    return _images(out.images)
+
+
+def ip2p_scores(n: int = 60) -> dict[str, float]:
+    """Edit success (oracle) and PSNR outside the edit mask of toy-ip2p on held-out edits."""
+    edits = [world.edit_for("test", i) for i in range(n)]
+    images = ip2p_edits(edits)
+    success = [oracle.edit_success(im, e) for im, e in zip(images, edits)]
+    bg = [oracle.preservation(im, e) for im, e in zip(images, edits) if e.kind != "background"]
+    by_kind = {k: float(np.mean([s for s, e in zip(success, edits) if e.kind == k]))
+               for k in world.EDIT_KINDS if any(e.kind == k for e in edits)}
+    return {"ip2p_success": float(np.mean(success)),
+            "ip2p_bg_psnr": float(np.mean(np.minimum(bg, 60.0))),
+            "ip2p_success_by_kind": by_kind}
+
+
+def xattn_iou(n: int = 40) -> float:
+    """Mean IoU between the shape word's cross-attention map (16x16 layers, all steps, upsampled,
+    min-max normalised, thresholded at 0.5) and the generated object's mask read by the oracle.
+
+    Samples whose object the oracle cannot find count as IoU 0."""
+    from ..attention import AttentionStore, attach
+    from ..attention.words import token_indices
+
+    pipe = _load("sd")
+    scenes = [world.scene_for("test", i, n_objects=1) for i in range(n)]
+    captions = [s.caption for s in scenes]
+    store = AttentionStore(kinds=("cross",))
+    with attach(pipe.unet, store):
+        images = generate(captions, seed=7)
+    res = max(s.resolution for s in store.sites.values())
+    maps = store.aggregate("cross", resolution=res)  # (n, res, res, tokens)
+    ious = []
+    for k, (scene, image) in enumerate(zip(scenes, images)):
+        obj = scene.objects[0]
+        idx = token_indices(pipe.tokenizer, captions[k], obj.shape)
+        m = maps[k, :, :, idx].mean(-1)[None, None]
+        m = F.interpolate(m, size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        pred = (m > 0.5).numpy()
+        found = [d for d in oracle.read(image).objects if d.shape == obj.shape] or oracle.read(image).objects
+        if not found:
+            ious.append(0.0)
+            continue
+        true = max(found, key=lambda d: d.area).mask
+        ious.append(float((pred & true).sum() / max(1, (pred | true).sum())))
+    return float(np.mean(ious))
+
+
+def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
+    """Cosine similarity in toy-clip image space between a conditioning image and the image
+    toy-sd generates from its embedding alone (empty prompt, adapter scale 1), against the same
+    figure for unrelated pairs (generated image vs another conditioning image)."""
+    pipe = _load("ip-adapter")
+    pipe.set_ip_adapter_scale(1.0)
+    scenes = [world.scene_for("test", i) for i in range(n)]
+    pixels = torch.stack([to_tensor(world.render(s)) for s in scenes])
+    with torch.no_grad():
+        embeds = pipe.image_encoder(pixel_values=pixels).image_embeds[:, None]
+    out = pipe([""] * n, ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
+               num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"],
+               generator=torch.Generator().manual_seed(3), output_type="np")
+    generated = torch.stack([to_tensor(im) for im in _images(out.images)])
+    model, _ = _load("clip")
+    with torch.no_grad():
+        a = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
+        b = F.normalize(_features(model.get_image_features(pixel_values=generated)), dim=-1)
+    sim = a @ b.T
+    matched = float(sim.diag().mean())
+    unrelated = float((sim.sum() - sim.diag().sum()) / (n * n - n))
+    return {"ip_adapter_sim": matched, "ip_adapter_sim_unrelated": unrelated}
+
+
+METRICS = {
+    "vae_psnr": lambda n: {"vae_psnr": vae_psnr(n or 128)},
+    "clip_top1": lambda n: {"clip_top1": clip_top1(n or 150)},
+    "t2i_single": lambda n: {"t2i_single": t2i_accuracy(1, n or 60)},
+    "t2i_pair": lambda n: {"t2i_pair": t2i_accuracy(2, n or 60)},
+    "ip2p": lambda n: ip2p_scores(n or 60),
+    "xattn_iou": lambda n: {"xattn_iou": xattn_iou(n or 40)},
+    "ip_adapter": lambda n: ip_adapter_similarity(n or 40),
+}
+CARD_KEYS = {
+    "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
+    "toy-ip2p": ["ip2p_success", "ip2p_bg_psnr", "ip2p_success_by_kind"],
+    "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated"],
+}
+
+
+def evaluate(n: int | None = None, only=None, json_path: str | None = None, update_cards: bool = False) -> dict:
+    """Compute the metrics (all, or those in `only`), optionally write JSON and model cards."""
+    names = list(only) if only else list(METRICS)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    torch.manual_seed(0)
+    results: dict = {}
+    t0 = time.time()
+    for name in names:
+        results.update(METRICS[name](n))
+    results["eval_seconds"] = round(time.time() - t0, 1)
+    results["sampling"] = dict(SAMPLING)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2))
+    if update_cards:
+        _update_cards(results)
+    return results
+
+
+def _update_cards(results: dict) -> None:
+    from ..models import models_dir
+    from .train import write_card
+
+    for folder, keys in CARD_KEYS.items():
+        path = models_dir() / folder
+        summary_file = path / "training.json"
+        if not summary_file.exists():
+            continue
+        summary = json.loads(summary_file.read_text())
+        figures = {k: _fmt(results[k]) for k in keys if k in results}
+        if figures:
+            figures["sampling"] = _fmt(results["sampling"])
+            write_card(path, summary, figures)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return round(v, 3)
+    if isinstance(v, dict):
+        return {k: _fmt(x) for k, x in v.items()}
+    return v
+
+
+def print_table(results: dict) -> None:
+    print(f"{'metric':<28}{'value':>10}  target")
+    for key, value in results.items():
+        if key in ("sampling", "eval_seconds"):
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                print(f"  {key}[{k}]".ljust(28) + f"{v:>10.3f}")
+            continue
+        op, target = TARGETS.get(key, ("", None))
+        mark = "" if target is None else f"{op} {target}  " + ("ok" if value >= target else "below")
+        print(f"{key:<28}{value:>10.3f}  {mark}")
+    print(f"(evaluated in {results.get('eval_seconds', 0):.0f} s)")

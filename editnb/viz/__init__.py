@@ -1,0 +1,60 @@
+"""Pictures the chapters learn from.  Every function returns a matplotlib figure."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..images import grid, to_numpy
+
+MASK_COLOURS = [(255, 80, 80), (80, 200, 255), (255, 220, 60), (160, 255, 120)]
+
+
+def overlay(image, mask: np.ndarray, color=(255, 0, 255), alpha: float = 0.55) -> np.ndarray:
+    """Tint the pixels of `mask` on top of `image` (uint8 result)."""
+    img = to_numpy(image).astype(np.float32)
+    m = np.asarray(mask, bool)
+    if m.shape != img.shape[:2]:
+        raise ValueError(f"mask of shape {m.shape} does not match the image {img.shape[:2]}")
+    img[m] = (1 - alpha) * img[m] + alpha * np.asarray(color, np.float32)
+    return img.astype(np.uint8)
+
+
+def scene_panel(scenes, size: float = 1.9, ncols: int | None = None):
+    """Scenes with their captions (wrapped) as titles."""
+    from ..toy import world
+
+    ims = [world.render(s) for s in scenes]
+    labels = [_wrap(s.caption) for s in scenes]
+    return grid(ims, labels, ncols=ncols, size=size)
+
+
+def mask_panel(scene, size: float = 1.9):
+    """A scene, then each object's exact mask over it."""
+    from ..toy import world
+
+    img = world.render(scene)
+    masks = world.object_masks(scene)
+    ims = [img] + [overlay(img, m, MASK_COLOURS[i % len(MASK_COLOURS)]) for i, m in enumerate(masks.values())]
+    return grid(ims, ["scene"] + [f"mask: {k}" for k in masks], size=size)
+
+
+def edit_panel(edits, size: float = 1.9, extra=None, extra_label: str = "model"):
+    """One row per edit: source, edited (target render), exact edit mask, and optionally a
+    model's output; titles carry the instruction and the reverse instruction."""
+    rows, labels = [], []
+    for k, e in enumerate(edits):
+        src, dst = e.source_image(), e.edited_image()
+        row = [src, dst, overlay(src, e.mask(), (0, 255, 255))]
+        lab = [f"{e.kind}: source", _wrap(e.instruction), "edit mask"]
+        if extra is not None:
+            row.append(extra[k])
+            lab.append(extra_label)
+        rows += row
+        labels += lab
+    ncols = 4 if extra is not None else 3
+    return grid(rows, labels, ncols=ncols, size=size)
+
+
+def _wrap(text: str, width: int = 26) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
