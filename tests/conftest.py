@@ -4,3 +4,28 @@ import os
 os.environ.setdefault("EDITNB_PROFILE", "toy")
 os.environ.setdefault("EDITNB_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def random_pipe(tmp_path_factory):
+    """A StableDiffusionPipeline of the toy architecture with random weights: for tests of
+    mechanics (hooks, shapes, determinism) that must not depend on training."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from editnb.toy import architectures as arch
+    from editnb.toy.vocab import build_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(tmp_path_factory.mktemp("tok"))
+    clip = arch.new_clip(tok)
+    text = CLIPTextModel(clip.config.text_config)
+    pipe = StableDiffusionPipeline(vae=arch.new_vae().eval(), text_encoder=text.eval(), tokenizer=tok,
+                                   unet=arch.new_unet().eval(), scheduler=arch.new_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,139 @@
+"""Mechanics of the attention toolkit on a random-weight pipeline of the toy architecture."""
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from editnb import diffusion
+from editnb.attention import AttentionStore, Controller, attach
+from editnb.attention.p2p import PromptToPrompt, refinement_mapper, replacement_mapper
+from editnb.attention.words import token_indices, word_tokens
+
+PROMPT = "a red circle on a white background"
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_store_records_without_changing_the_output(random_pipe):
+    plain = diffusion.text_to_image(random_pipe, PROMPT, steps=4, generator=gen()).latents
+    store = AttentionStore()
+    with attach(random_pipe.unet, store):
+        observed = diffusion.text_to_image(random_pipe, PROMPT, steps=4, generator=gen()).latents
+    # the observing processor computes attention explicitly (softmax, bmm) instead of SDPA
+    assert torch.allclose(plain, observed, atol=1e-4)
+    assert store.steps == [0, 1, 2, 3]
+    assert set(store.layers("cross")) and set(store.layers("self"))
+    assert {s.resolution for s in store.sites.values()} == {16, 8}
+    cross = store.aggregate("cross", resolution=16)
+    assert cross.shape == (1, 16, 16, random_pipe.tokenizer.model_max_length)
+    assert torch.allclose(cross.sum(-1), torch.ones(1, 16, 16), atol=1e-4)  # probabilities
+    selfm = store.aggregate("self", resolution=8, steps=[0])
+    assert selfm.shape == (1, 8, 8, 64)
+
+
+def test_store_keeps_heads_and_batches(random_pipe):
+    store = AttentionStore(kinds=("cross",), head_average=False)
+    with attach(random_pipe.unet, store):
+        diffusion.text_to_image(random_pipe, [PROMPT, "a blue square on a black background"], steps=2, generator=gen())
+    name = store.layers("cross", 16)[0]
+    heads = store.sites[name].heads
+    assert store.maps[(name, 0)].shape == (2, heads, 256, random_pipe.tokenizer.model_max_length)
+
+
+def test_processors_are_restored_even_on_error(random_pipe):
+    before = {k: type(v) for k, v in random_pipe.unet.attn_processors.items()}
+
+    class Boom(Controller):
+        def forward(self, probs, site):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with attach(random_pipe.unet, Boom()):
+            diffusion.text_to_image(random_pipe, PROMPT, steps=2, generator=gen())
+    after = {k: type(v) for k, v in random_pipe.unet.attn_processors.items()}
+    assert before == after and all(v is AttnProcessor2_0 for v in after.values())
+
+
+def test_same_seed_same_image(random_pipe):
+    a = diffusion.text_to_image(random_pipe, PROMPT, steps=3, generator=gen(5)).latents
+    b = diffusion.text_to_image(random_pipe, PROMPT, steps=3, generator=gen(5)).latents
+    c = diffusion.text_to_image(random_pipe, PROMPT, steps=3, generator=gen(6)).latents
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    d = diffusion.text_to_image(random_pipe, PROMPT, steps=3, generator=gen(5), scheduler="dpm++").latents
+    assert d.shape == a.shape and not torch.equal(a, d)
+    with pytest.raises(ValueError, match="torch.Generator"):
+        diffusion.text_to_image(random_pipe, PROMPT, steps=3, generator=5)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        diffusion.text_to_image(random_pipe, PROMPT, steps=3, scheduler="euler-x")
+
+
+def test_word_token_alignment(random_pipe):
+    tok = random_pipe.tokenizer
+    words = word_tokens(tok, "a red circle, a blue square")
+    assert [w for w, _ in words] == ["a", "red", "circle", ",", "a", "blue", "square"]
+    assert token_indices(tok, PROMPT, "circle") == [3]
+    assert token_indices(tok, PROMPT, "a") == [1, 5]
+    # a word outside the vocabulary spans several tokens
+    assert len(token_indices(tok, "a zebra", "zebra")) > 1
+    with pytest.raises(ValueError, match="not in the prompt"):
+        token_indices(tok, PROMPT, "square")
+
+
+def test_p2p_mappers(random_pipe):
+    tok = random_pipe.tokenizer
+    M = replacement_mapper(tok, "a red circle", "a blue circle")
+    assert torch.equal(M[:5, :5], torch.eye(5))
+    with pytest.raises(ValueError, match="same number of words"):
+        replacement_mapper(tok, "a red circle", "a big red circle")
+    index, alpha = refinement_mapper(tok, "a red circle", "a big red circle")
+    assert alpha[2].item() == 0  # "big" is new
+    assert index[3].item() == 2 and index[4].item() == 3  # "red", "circle" come from the source
+    assert index[5].item() == 4  # end token
+
+
+def test_p2p_replaces_only_the_target_branch(random_pipe):
+    prompts = [PROMPT, "a blue circle on a white background"]
+    ctrl = PromptToPrompt(random_pipe.tokenizer, prompts, steps=4, cross_replace=1.0, self_replace=1.0,
+                          self_max_resolution=16).configure(random_pipe.unet)
+    seen = AttentionStore(kinds=("cross",))
+
+    class Both(Controller):
+        def forward(self, probs, site):
+            out = ctrl(probs, site)
+            seen(out, site)
+            return out
+
+    both = Both()
+    cond, uncond = diffusion.encode_prompt(random_pipe, prompts), diffusion.encode_prompt(random_pipe, ["", ""])
+    z = diffusion.initial_noise(random_pipe, 1, gen()).repeat(2, 1, 1, 1)
+    with attach(random_pipe.unet, both):
+        ctrl.n_layers = both.n_layers
+        diffusion.denoise(random_pipe, z, cond, uncond, 7.5, 3)
+    name = seen.layers("cross", 16)[0]
+    m = seen.maps[(name, 0)]
+    assert torch.allclose(m[0], m[1])  # full replacement: the target sees the source's maps
+    plain = AttentionStore(kinds=("cross",))
+    with attach(random_pipe.unet, plain):
+        diffusion.denoise(random_pipe, z, cond, uncond, 7.5, 1)
+    assert not torch.allclose(plain.maps[(name, 0)][1], m[1])  # without P2P they differ
+
+
+def test_p2p_bad_input(random_pipe):
+    tok = random_pipe.tokenizer
+    with pytest.raises(ValueError, match="at least one target"):
+        PromptToPrompt(tok, [PROMPT], 10)
+    with pytest.raises(ValueError, match="fraction"):
+        PromptToPrompt(tok, [PROMPT, PROMPT], 10, cross_replace=2)
+    with pytest.raises(ValueError, match="not in the prompt"):
+        PromptToPrompt(tok, [PROMPT, PROMPT], 10, equalizer={"square": 2.0})
+
+
+def test_ddim_inversion_round_trip_is_close(random_pipe):
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 64), (200, 30, 30))
+    traj = diffusion.ddim_invert(random_pipe, img, PROMPT, steps=10)
+    assert len(traj) == 11
+    direct = diffusion.reconstruct(random_pipe, traj, PROMPT, direct=True)
+    assert torch.allclose(direct.latents, traj[0])
