@@ -24,6 +24,7 @@ def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy
     out = Path(out)
     os.environ["EDITNB_PROFILE"] = profile  # the kernel inherits it; setup() obeys it
     os.environ.setdefault("EDITNB_NO_PROGRESS", "1")
+    os.environ.setdefault("EDITNB_STATIC", "1")
     written = []
     for path in paths:
         if not path.exists():

@@ -14,4 +14,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints/ci.txt 
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-export EDITNB_PROFILE=toy HF_HUB_OFFLINE=1
+export EDITNB_PROFILE=toy HF_HUB_OFFLINE=1 EDITNB_NO_PROGRESS=1 EDITNB_STATIC=1

@@ -137,15 +137,21 @@ class AttentionStore(Controller):
     def steps(self) -> list[int]:
         return sorted({s for _, s in self.maps})
 
-    def layers(self, kind: str | None = None, resolution: int | None = None) -> list[str]:
+    def layers(self, kind: str | None = None, resolution: int | None = None, places=None) -> list[str]:
+        """Recorded layer names (UNet order), filtered by kind, resolution and place (down/mid/up)."""
+        places = (places,) if isinstance(places, str) else places
         return [name for name, s in self.sites.items()
-                if (kind is None or s.kind == kind) and (resolution is None or s.resolution == resolution)]
+                if (kind is None or s.kind == kind) and (resolution is None or s.resolution == resolution)
+                and (places is None or s.place in places)]
 
-    def aggregate(self, kind: str = "cross", resolution: int | None = None, steps=None, layers=None) -> torch.Tensor:
+    def aggregate(self, kind: str = "cross", resolution: int | None = None, steps=None, layers=None,
+                  places=None) -> torch.Tensor:
         """Mean map over the chosen layers and steps, as (batch, [heads,] res, res, keys).
 
-        All chosen layers must share a resolution (pass `resolution` when several exist)."""
-        chosen = layers or self.layers(kind, resolution)
+        Choose layers by `resolution`, `places` ("down", "mid", "up") or an explicit list of
+        names (a layer range: ``store.layers("cross")[2:5]``).  All chosen layers must share a
+        resolution (pass `resolution` when several exist)."""
+        chosen = layers or self.layers(kind, resolution, places)
         if not chosen:
             raise ValueError(f"no {kind}-attention recorded" + (f" at {resolution}x{resolution}" if resolution else ""))
         res = {self.sites[n].resolution for n in chosen}

@@ -1,0 +1,402 @@
+"""Every metric the papers report, each with the paper's definition.
+
+Pixel metrics (L1, L2, MSE, PSNR, SSIM) come from torchmetrics / scikit-image; ranking metrics
+from torchmetrics' retrieval functions and scikit-learn.  Metrics that need pretrained features
+take an explicit ``features`` object: :func:`clip_features` (any CLIPModel: ViT-L/14 or B/32 in
+``sd15``, toy-clip in ``toy``).  Feature-based metrics computed with toy-clip carry a ``toy-``
+name in the tables (toy-LPIPS, toy-FID, toy-DINO, toy-structure): they follow the standard
+recipe with toy features and are NOT comparable to the published figures.
+
+Images are anything :func:`editnb.images.to_numpy` takes; masks are boolean (H, W) arrays with
+True on the edited region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .images import to_numpy
+
+# ------------------------------------------------------------------ pixels
+
+
+def _pair(a, b):
+    x, y = to_numpy(a), to_numpy(b)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in size: {x.shape[:2]} vs {y.shape[:2]}; resize one with editnb.images.fit")
+    return x, y
+
+
+def _mask(mask, shape) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2 or m.shape != tuple(shape[:2]):
+        raise ValueError(f"mask of shape {m.shape} does not match images of size {tuple(shape[:2])}")
+    return m.astype(bool)
+
+
+def _to_unit_tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].double() / 255.0
+
+
+def apply_region(a, b, mask=None, region: str = "all"):
+    """PIE-Bench's region convention: ``"background"`` multiplies both images by (1 - mask),
+    ``"edit"`` by mask, ``"all"`` leaves them.  Returns uint8 arrays."""
+    if region not in ("all", "background", "edit"):
+        raise ValueError(f"region must be 'all', 'background' or 'edit', got {region!r}")
+    x, y = _pair(a, b)
+    if region == "all":
+        return x, y
+    if mask is None:
+        raise ValueError(f"region={region!r} needs a mask")
+    m = _mask(mask, x.shape)
+    keep = ~m if region == "background" else m
+    return x * keep[..., None], y * keep[..., None]
+
+
+def l1(a, b, mask=None, region: str = "all") -> float:
+    """Mean absolute error on [0, 1] images (MagicBrush's L1)."""
+    x, y = apply_region(a, b, mask, region)
+    from torchmetrics.functional import mean_absolute_error
+
+    return float(mean_absolute_error(_to_unit_tensor(x), _to_unit_tensor(y)))
+
+
+def mse(a, b, mask=None, region: str = "all") -> float:
+    """Mean squared error on [0, 1] images (PIE-Bench reports it x10^4)."""
+    x, y = apply_region(a, b, mask, region)
+    from torchmetrics.functional import mean_squared_error
+
+    return float(mean_squared_error(_to_unit_tensor(x), _to_unit_tensor(y)))
+
+
+def l2(a, b, mask=None, region: str = "all") -> float:
+    """MagicBrush's L2: the mean squared error on [0, 1] images (as in its evaluation code)."""
+    return mse(a, b, mask, region)
+
+
+def psnr(a, b, mask=None, region: str = "all") -> float:
+    """PSNR in dB (data range 1); identical images give inf."""
+    x, y = apply_region(a, b, mask, region)
+    if np.array_equal(x, y):
+        return float("inf")
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(_to_unit_tensor(x), _to_unit_tensor(y), data_range=1.0))
+
+
+def ssim(a, b, mask=None, region: str = "all") -> float:
+    """SSIM (Wang et al. 2004) with scikit-image's defaults (7x7 window) on RGB images."""
+    x, y = apply_region(a, b, mask, region)
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(x, y, channel_axis=-1, data_range=255))
+
+
+def ssim_masked(a, b, mask) -> tuple[float, float]:
+    """iEdit's (SSIM-M, SSIM-M-bar): the mean of the SSIM map over the edited area and over the
+    rest of the image (iEdit Sec. 4, "Evaluation metrics")."""
+    x, y = _pair(a, b)
+    m = _mask(mask, x.shape)
+    from skimage.metrics import structural_similarity
+
+    _, smap = structural_similarity(x, y, channel_axis=-1, data_range=255, full=True)
+    smap = smap.mean(-1)
+    inside = float(smap[m].mean()) if m.any() else float("nan")
+    outside = float(smap[~m].mean()) if (~m).any() else float("nan")
+    return inside, outside
+
+
+def mask_iou(pred, true) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    p, t = np.asarray(pred, bool), np.asarray(true, bool)
+    if p.shape != t.shape:
+        raise ValueError(f"masks differ in shape: {p.shape} vs {t.shape}")
+    union = (p | t).sum()
+    return 1.0 if union == 0 else float((p & t).sum() / union)
+
+
+# ------------------------------------------------------------------ CLIP-space metrics
+
+
+@dataclass
+class ClipFeatures:
+    """Unit-norm CLIP image and text embeddings from any CLIPModel + processor."""
+
+    model: object
+    processor: object
+    name: str = "clip"
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def images(self, images) -> torch.Tensor:
+        ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+        px = self.processor(images=ims, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
+        return F.normalize(_pooled(self.model.get_image_features(pixel_values=px)).float(), dim=-1)
+
+    @torch.no_grad()
+    def texts(self, texts) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tok = self.processor.tokenizer
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.device)
+        return F.normalize(_pooled(self.model.get_text_features(input_ids=ids)).float(), dim=-1)
+
+    @torch.no_grad()
+    def hidden_states(self, images) -> list[torch.Tensor]:
+        """Vision-tower hidden states (patch tokens) of every layer, for LPIPS-style and
+        structure metrics with toy features."""
+        ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+        px = self.processor(images=ims, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
+        out = self.model.vision_model(pixel_values=px, output_hidden_states=True)
+        return [h[:, 1:].float() for h in out.hidden_states[1:]]
+
+
+def _pooled(out):
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def clip_features(name: str = "clip", profile: str | None = None) -> ClipFeatures:
+    """CLIP features from the registry ('clip' = ViT-L/14, 'clip-b32' = ViT-B/32; toy-clip in toy)."""
+    from .models import load
+    from .runtime import current
+
+    profile = profile or current().profile
+    model, processor = load(name, profile=profile)
+    return ClipFeatures(model, processor, name=f"toy-{name}" if profile == "toy" else name)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a, b, dim=-1)
+
+
+def clip_similarity(features: ClipFeatures, images, texts) -> np.ndarray:
+    """Cosine similarity between each image and its text (CLIP-T of MagicBrush, iEdit's
+    CLIPScore before scaling, PIE-Bench's CLIP similarity)."""
+    return _cos(features.images(images), features.texts(texts)).cpu().numpy()
+
+
+def clip_score(features: ClipFeatures, images, texts) -> np.ndarray:
+    """CLIPScore as reported in percent: 100 * max(cos(image, text), 0)."""
+    return 100.0 * np.maximum(clip_similarity(features, images, texts), 0.0)
+
+
+def clip_region_similarity(features: ClipFeatures, images, texts, masks) -> np.ndarray:
+    """PIE-Bench's edited-region CLIP similarity: pixels outside the mask blacked out."""
+    ims = [to_numpy(im) * _mask(m, to_numpy(im).shape)[..., None] for im, m in zip(images, masks)]
+    return clip_similarity(features, ims, texts)
+
+
+def clip_image_similarity(features: ClipFeatures, images_a, images_b) -> np.ndarray:
+    """CLIP-I (MagicBrush): cosine similarity between the image embeddings of two images."""
+    return _cos(features.images(images_a), features.images(images_b)).cpu().numpy()
+
+
+def clip_directional_similarity(features: ClipFeatures, sources, outputs, source_captions, target_captions) -> np.ndarray:
+    """EditCLIP supplement Eq. 2: cos(F(I_q) - F(I_o), G(T_q) - G(T_o))."""
+    di = features.images(sources) - features.images(outputs)
+    dt = features.texts(source_captions) - features.texts(target_captions)
+    return _cos(di, dt).cpu().numpy()
+
+
+def clip_instruction_similarity(features: ClipFeatures, sources, outputs, instructions) -> np.ndarray:
+    """EditCLIP supplement Eq. 3, image change against the instruction's embedding.
+
+    The supplement prints cos(F(I_q) - F(I_o), G(T)); we use the edit direction
+    F(I_o) - F(I_q) so that a faithful edit scores positive, as Eq. 2 does on both sides."""
+    di = features.images(outputs) - features.images(sources)
+    return _cos(di, features.texts(instructions)).cpu().numpy()
+
+
+def s_visual(features: ClipFeatures, queries, outputs, exemplar_inputs, exemplar_edits) -> np.ndarray:
+    """EditCLIP supplement Eq. 4 (Nguyen et al. 2023): cos(F(I_q) - F(I_o), F(I_i) - F(I_e))."""
+    a = features.images(queries) - features.images(outputs)
+    b = features.images(exemplar_inputs) - features.images(exemplar_edits)
+    return _cos(a, b).cpu().numpy()
+
+
+def ec2t(edit_encoder, text_features, queries, outputs, instructions) -> np.ndarray:
+    """EditCLIP's EC2T: cos(E(I_q, I_o), G(T)) with an edit encoder E (pairs -> embeddings) and
+    the text embeddings of the instructions in the same space."""
+    e = F.normalize(edit_encoder(queries, outputs).float(), dim=-1)
+    t = F.normalize(text_features(instructions).float(), dim=-1)
+    return _cos(e, t.to(e.device)).cpu().numpy()
+
+
+def ec2ec(edit_encoder, queries, outputs, exemplar_inputs, exemplar_edits) -> np.ndarray:
+    """EditCLIP's EC2EC: cos(E(I_q, I_o), E(I_i, I_e)): is the output's edit the exemplar's edit?"""
+    a = edit_encoder(queries, outputs).float()
+    b = edit_encoder(exemplar_inputs, exemplar_edits).float()
+    return _cos(a, b).cpu().numpy()
+
+
+# ------------------------------------------------------------------ feature-network metrics
+
+
+def toy_lpips(features: ClipFeatures, a, b) -> float:
+    """LPIPS recipe (Zhang et al. 2018) on toy-clip's vision layers: unit-normalise each token's
+    channels per layer, squared difference, mean over tokens, sum of layer means (equal weights,
+    no learned linear heads).  0 for identical images.  Named toy-LPIPS: not the standard LPIPS."""
+    ha, hb = features.hidden_states([a]), features.hidden_states([b])
+    total = 0.0
+    for x, y in zip(ha, hb):
+        total += float(((F.normalize(x, dim=-1) - F.normalize(y, dim=-1)) ** 2).sum(-1).mean())
+    return total
+
+
+def lpips(a, b, net: str = "alex", features: ClipFeatures | None = None) -> float:
+    """LPIPS: the standard network (``lpips`` package, AlexNet) when installed; with
+    ``features=toy-clip`` the toy recipe :func:`toy_lpips`."""
+    if features is not None:
+        return toy_lpips(features, a, b)
+    try:
+        import lpips as lpips_pkg
+    except ImportError as e:
+        raise RuntimeError("standard LPIPS needs the lpips package (pip install lpips, with torchvision); "
+                           "in the toy profile pass features=clip_features() for toy-LPIPS") from e
+    x, y = _pair(a, b)
+    net_ = lpips_pkg.LPIPS(net=net, verbose=False)
+    to = lambda z: torch.from_numpy(z).permute(2, 0, 1)[None].float() / 127.5 - 1  # noqa: E731
+    with torch.no_grad():
+        return float(net_(to(x), to(y)))
+
+
+def structure_distance(keys_fn, a, b) -> float:
+    """PIE-Bench structure distance (Tumanyan et al. 2022): MSE between the self-similarity
+    (cosine) matrices of the last-layer keys of a ViT (DINO ViT-B/8 in sd15).  `keys_fn(image)`
+    returns (tokens, dim) keys; use :func:`dino_keys` or :func:`toy_keys`."""
+    ka, kb = keys_fn(a), keys_fn(b)
+    sa = F.normalize(ka, dim=-1) @ F.normalize(ka, dim=-1).T
+    sb = F.normalize(kb, dim=-1) @ F.normalize(kb, dim=-1).T
+    return float(F.mse_loss(sa, sb))
+
+
+def toy_keys(features: ClipFeatures):
+    """Keys of the last toy-clip vision layer (the toy stand-in for DINO keys: toy-structure)."""
+    enc = features.model.vision_model.encoder.layers[-1]
+
+    def keys(image):
+        captured = {}
+        h = enc.self_attn.k_proj.register_forward_hook(lambda m, i, o: captured.setdefault("k", o))
+        try:
+            features.hidden_states([image])
+        finally:
+            h.remove()
+        return captured["k"][0, 1:].float()
+
+    return keys
+
+
+def dino_keys(model, processor):
+    """Keys of the last layer of a transformers ViT (DINO) for :func:`structure_distance`."""
+    attn = model.encoder.layer[-1].attention.attention
+
+    @torch.no_grad()
+    def keys(image):
+        captured = {}
+        h = attn.key.register_forward_hook(lambda m, i, o: captured.setdefault("k", o))
+        try:
+            px = processor(images=[to_numpy(image)], return_tensors="pt").pixel_values.to(model.device, model.dtype)
+            model(pixel_values=px)
+        finally:
+            h.remove()
+        return captured["k"][0].float()
+
+    return keys
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (the FID formula,
+    Heusel et al. 2017): |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2).  With Inception
+    pool features it is FID; with toy-clip image embeddings we call it toy-FID."""
+    from scipy import linalg
+
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (n, d) with the same d; got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("each set needs at least 2 images for a covariance")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
+    if not np.isfinite(covmean).all():  # numerical safety, as in the reference implementation
+        eps = np.eye(len(sa)) * 1e-6
+        covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(covmean))
+
+
+def toy_fid(features: ClipFeatures, images_a, images_b) -> float:
+    """toy-FID: Fréchet distance of toy-clip image embeddings (not comparable to Inception FID)."""
+    return frechet_distance(features.images(list(images_a)).cpu().numpy(), features.images(list(images_b)).cpu().numpy())
+
+
+# ------------------------------------------------------------------ retrieval
+
+
+def retrieval_metrics(similarity, relevant, k: int = 10) -> dict[str, float]:
+    """EditCLIP Table 2: AUC, MAP@k, Recall@k, Precision@k for queries against a gallery.
+
+    `similarity` (queries, gallery) scores; `relevant` (queries, gallery) booleans.  AUC is
+    scikit-learn's ROC AUC per query, averaged; the @k metrics are torchmetrics' retrieval
+    functions, averaged over queries (AP@k there is the mean of precision@i over the relevant
+    items found in the top k)."""
+    from sklearn.metrics import roc_auc_score
+    from torchmetrics.functional.retrieval import (retrieval_average_precision, retrieval_precision,
+                                                   retrieval_recall)
+
+    s = torch.as_tensor(np.asarray(similarity), dtype=torch.float64)
+    r = torch.as_tensor(np.asarray(relevant), dtype=torch.bool)
+    if s.shape != r.shape or s.ndim != 2:
+        raise ValueError(f"similarity and relevant must be (queries, gallery) of the same shape; got {tuple(s.shape)} and {tuple(r.shape)}")
+    aucs, maps, recalls, precisions = [], [], [], []
+    for q in range(s.shape[0]):
+        if not r[q].any():
+            continue
+        if not r[q].all():
+            aucs.append(roc_auc_score(r[q].numpy(), s[q].numpy()))
+        maps.append(float(retrieval_average_precision(s[q], r[q], top_k=k)))
+        recalls.append(float(retrieval_recall(s[q], r[q], top_k=k)))
+        precisions.append(float(retrieval_precision(s[q], r[q], top_k=k)))
+    if not maps:
+        raise ValueError("no query has a relevant item in the gallery")
+    return {"AUC": float(np.mean(aucs)) if aucs else float("nan"), f"MAP@{k}": float(np.mean(maps)),
+            f"Recall@{k}": float(np.mean(recalls)), f"Precision@{k}": float(np.mean(precisions))}
+
+
+# ------------------------------------------------------------------ Elo (UIP2P supplement Sec. 3)
+
+ELO_START, ELO_K = 1500.0, 32.0
+
+
+def elo_expected(r_a: float, r_b: float) -> float:
+    """Expected score of A against B: 1 / (1 + 10^((R_B - R_A) / 400))."""
+    return 1.0 / (1.0 + 10.0 ** ((r_b - r_a) / 400.0))
+
+
+def elo_update(r_a: float, r_b: float, score_a: float, k: float = ELO_K) -> tuple[float, float]:
+    """One game: score_a is 1 (A wins), 0 (B wins) or 0.5 (tie).  The rating sum is preserved."""
+    if score_a not in (0, 0.5, 1):
+        raise ValueError(f"score must be 1 (A wins), 0 (B wins) or 0.5 (tie), got {score_a}")
+    e_a = elo_expected(r_a, r_b)
+    return r_a + k * (score_a - e_a), r_b + k * ((1 - score_a) - (1 - e_a))
+
+
+def elo_leaderboard(votes, start: float = ELO_START, k: float = ELO_K) -> list[tuple[str, float, int]]:
+    """Pairwise votes ``[(a, b, winner)]`` (winner: a, b or None for a tie), in order ->
+    [(name, rating, games)] sorted best first."""
+    ratings: dict[str, float] = {}
+    games: dict[str, int] = {}
+    for a, b, winner in votes:
+        if winner not in (a, b, None):
+            raise ValueError(f"winner {winner!r} is neither {a!r} nor {b!r}")
+        ra, rb = ratings.setdefault(a, start), ratings.setdefault(b, start)
+        score = 0.5 if winner is None else float(winner == a)
+        ratings[a], ratings[b] = elo_update(ra, rb, score, k)
+        games[a], games[b] = games.get(a, 0) + 1, games.get(b, 0) + 1
+    return sorted(((n, r, games[n]) for n, r in ratings.items()), key=lambda x: -x[1])
