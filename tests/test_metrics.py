@@ -78,7 +78,7 @@ def test_retrieval_on_a_crafted_ranking():
     assert late["MAP@2"] == pytest.approx(0.5)  # its hit is at rank 2: precision 1/2
     assert out["AUC"] == pytest.approx(0.75)  # pairs (rel, irrel): 0>1, 0>3, 2<1, 2>3
     perfect = M.retrieval_metrics(np.array([[1.0, 0.9, 0.1]]), np.array([[True, True, False]]), k=10)
-    assert perfect == {"AUC": 1.0, "MAP@10": 1.0, "Recall@10": 1.0, "Precision@10": pytest.approx(2 / 3)}
+    assert perfect == {"AUC": 1.0, "MAP@10": 1.0, "Recall@10": 1.0, "Precision@10": pytest.approx(2 / 10)}  # divides by k
 
 
 def test_elo():
