@@ -3,6 +3,9 @@
     editnb figures [--out DIR] [NOTEBOOK ...]   run the chapters on the toy profile, write figures
     editnb toy train MODEL [--steps N ...]      train one ToyWorld model (resumable)
     editnb toy eval [--json PATH]               measure the shipped ToyWorld models
+    editnb bench run --method M --data D --out O   run a method over a PIE-Bench-format benchmark
+    editnb bench table DIR ...                  compare runs (markdown table, optional plot)
+    editnb bench toy-pie | toy-magicbrush       write the ToyWorld benchmarks
 
 Failures exit non-zero with a one-line reason on stderr.
 """
@@ -37,6 +40,28 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="output folder (default: data/models/toy-MODEL)")
     tr.add_argument("--no-export", action="store_true", help="only train and checkpoint")
 
+    bench = sub.add_parser("bench", help="benchmarks in the PIE-Bench format: build, run, tabulate")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    br = bsub.add_parser("run", help="run one method over a benchmark (resumable; shard with accelerate launch)")
+    br.add_argument("--method", required=True, help="a registered method: sdedit, ip2p, p2p, ...")
+    br.add_argument("--data", default="data/bench/toy-pie", help="PIE-Bench-format folder (default: data/bench/toy-pie)")
+    br.add_argument("--out", required=True, help="results folder (images/, rows/)")
+    br.add_argument("--steps", type=int, default=25)
+    br.add_argument("--seed", type=int, default=0)
+    br.add_argument("--limit", type=int, help="only the first N items")
+    br.add_argument("--types", nargs="*", help="editing types to keep (PIE-Bench ids 0-9)")
+    br.add_argument("--profile", choices=["toy", "sd15"], help="model profile (default: auto)")
+    bt = bsub.add_parser("table", help="put several runs side by side (markdown; --plot PNG)")
+    bt.add_argument("dirs", nargs="+")
+    bt.add_argument("--plot", help="also save a bar chart to this PNG")
+    bp = bsub.add_parser("toy-pie", help="write the ToyWorld benchmark in the PIE-Bench format")
+    bp.add_argument("--out", default="data/bench/toy-pie")
+    bp.add_argument("--per-type", type=int, default=20)
+    bp.add_argument("--seed", type=int, default=0)
+    bm = bsub.add_parser("toy-magicbrush", help="write the MagicBrush-style ToyWorld split (single and multi turn)")
+    bm.add_argument("--out", default="data/bench/toy-magicbrush")
+    bm.add_argument("--seed", type=int, default=0)
+
     ev = toy_sub.add_parser("eval", help="evaluate the shipped ToyWorld models with the oracle")
     ev.add_argument("--json", help="write the figures to this JSON file")
     ev.add_argument("--n", type=int, default=None, help="held-out items per measurement (default: each metric's own)")
@@ -65,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
             results = evaluate(n=args.n, only=args.only, json_path=args.json, update_cards=args.update_cards)
             print_table(results)
+        elif args.command == "bench":
+            _bench(args)
         return 0
     except KeyboardInterrupt:
         print("editnb: interrupted", file=sys.stderr)
@@ -72,3 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, KeyError) as e:
         print(f"editnb: error: {e}", file=sys.stderr)
         return 1
+
+
+def _bench(args) -> None:
+    from .bench import data, runner
+
+    if args.bench_command == "run":
+        s = runner.run(args.method, args.data, args.out, steps=args.steps, seed=args.seed, limit=args.limit,
+                       profile=args.profile, types=args.types)
+        print(runner.markdown(runner.table([args.out])))
+        print(f"{s['items']}/{s['of']} items done; {s['wall_seconds_this_run']:.0f} s in this run")
+    elif args.bench_command == "table":
+        df = runner.table(args.dirs)
+        print(runner.markdown(df))
+        if args.plot:
+            runner.plot(df).savefig(args.plot, dpi=90)
+    elif args.bench_command == "toy-pie":
+        out = data.write_toy_pie(args.out, per_type=args.per_type, seed=args.seed)
+        print(f"wrote {len(data.load_pie_bench(out))} items to {out}")
+    elif args.bench_command == "toy-magicbrush":
+        out = data.write_toy_magicbrush(args.out, seed=args.seed)
+        print(f"wrote the single- and multi-turn splits to {out}")

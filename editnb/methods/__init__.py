@@ -1,1 +1,6 @@
-"""Editing methods: one module per paper, plus the baselines (SDEdit, Prompt-to-Prompt, InstructPix2Pix)."""
+"""Editing methods: one module per paper, plus the baselines (SDEdit, Prompt-to-Prompt,
+InstructPix2Pix).  Importing :func:`register_builtin` registers them with the benchmark runner."""
+
+
+def register_builtin() -> None:
+    from . import baselines  # noqa: F401  (registration happens at import)

@@ -1,0 +1,238 @@
+"""A resumable benchmark runner: one editing method over a PIE-Bench-format benchmark.
+
+``editnb bench run --method NAME --data PATH --out DIR`` writes ``DIR/images/<id>.png`` and
+``DIR/rows/<id>.json`` (the item's metrics) for every item, each file written atomically (a
+temporary file renamed into place), the row last.  A killed run loses at most the item in
+flight; a restart skips every item that has its row.  Under ``accelerate launch -m editnb.bench``
+each process takes every n-th item, all writing to the same folder, so the results merge into one
+table by construction.
+
+Methods register themselves with :func:`register`, declaring what they need from an item.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import metrics as M
+from ..images import to_numpy
+from .data import BenchItem, load_pie_bench
+
+ITEM_FIELDS = ("source_prompt", "target_prompt", "instruction", "blend_words", "mask")
+# PIE-Bench's reporting scale for each column
+SCALES = {"structure": 1e3, "psnr": 1.0, "lpips": 1e3, "mse": 1e4, "ssim": 1e2, "clip_whole": 100.0,
+          "clip_edited": 100.0}
+
+
+@dataclass
+class Method:
+    name: str
+    run: Callable  # (context, item, generator, steps) -> PIL image
+    needs: tuple[str, ...]
+    models: tuple[str, ...]
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, needs=(), models=(), description: str = ""):
+    """Decorator: ``@register("lime", needs=("instruction",), models=("ip2p",))``."""
+    bad = [f for f in needs if f not in ITEM_FIELDS]
+    if bad:
+        raise ValueError(f"unknown item fields {bad}; methods can need {ITEM_FIELDS}")
+
+    def deco(fn):
+        METHODS[name] = Method(name, fn, tuple(needs), tuple(models), description or (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+class Context:
+    """Loads the models a method needs once per process (through the registry)."""
+
+    def __init__(self, profile: str | None = None):
+        import editnb
+
+        self.rt = editnb.current() if profile is None else editnb.setup(profile=profile, verbose=False)
+        self._features = None
+
+    def model(self, name: str):
+        return self.rt.load(name)
+
+    @property
+    def features(self) -> M.ClipFeatures:
+        if self._features is None:
+            self._features = M.clip_features("clip", profile=self.rt.profile)
+        return self._features
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def item_metrics(ctx: Context, item: BenchItem, edited) -> dict:
+    """PIE-Bench's metrics for one result: structure distance; PSNR, LPIPS, MSE, SSIM on the
+    unedited region (both images times 1 - mask); CLIP similarity of the whole image and of the
+    edited region with the target prompt.  Toy-profile feature metrics are toy-* versions."""
+    src = to_numpy(item.image)
+    out = to_numpy(edited)
+    if out.shape != src.shape:
+        from ..images import fit
+
+        out = to_numpy(fit(out, src.shape[0]))
+    feats = ctx.features
+    toy = ctx.rt.profile == "toy"
+    if toy:
+        structure = M.structure_distance(M.toy_keys(feats), src, out)
+        lp = M.toy_lpips(feats, *M.apply_region(src, out, item.mask, "background"))
+    else:
+        dino, proc = ctx.model("dino")
+        structure = M.structure_distance(M.dino_keys(dino, proc), src, out)
+        lp = M.lpips(*M.apply_region(src, out, item.mask, "background"))
+    return {
+        "structure": structure,
+        "psnr": min(M.psnr(src, out, item.mask, "background"), 100.0),
+        "lpips": lp,
+        "mse": M.mse(src, out, item.mask, "background"),
+        "ssim": M.ssim(src, out, item.mask, "background"),
+        "clip_whole": float(M.clip_similarity(feats, [out], [item.target_prompt])[0]),
+        "clip_edited": float(M.clip_region_similarity(feats, [out], [item.target_prompt], [item.mask])[0]),
+        "feature_net": "toy-clip (toy-structure, toy-LPIPS)" if toy else "DINO ViT-B/8, LPIPS-Alex, CLIP ViT-L/14",
+    }
+
+
+def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: int = 0, limit: int | None = None,
+        profile: str | None = None, types=None, process_index: int | None = None,
+        num_processes: int | None = None, stop_after: int | None = None) -> dict:
+    """Run `method` over the benchmark at `data`, writing into `out`; returns the summary table.
+
+    `stop_after` ends the run after that many NEW items (used to test resumption)."""
+    from .. import methods as _methods  # noqa: F401  (registers the built-in methods)
+
+    _methods.register_builtin()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered: {sorted(METHODS)}")
+    m = METHODS[method]
+    items = load_pie_bench(data, types)
+    if limit:
+        items = items[:limit]
+    if process_index is None or num_processes is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        process_index, num_processes = state.process_index, state.num_processes
+    mine = items[process_index::num_processes]
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    if process_index == 0:
+        _atomic_write(out / "run.json", json.dumps({"method": method, "data": str(data), "steps": steps,
+                                                    "seed": seed, "n_items": len(items)}, indent=1).encode())
+    ctx = Context(profile)
+    from ..runtime import progress
+
+    done_now = 0
+    t0 = time.time()
+    for item in progress(mine, desc=f"{method} [{process_index}/{num_processes}]"):
+        row_path = out / "rows" / f"{item.id}.json"
+        if row_path.exists():
+            continue
+        missing = [f for f in m.needs if not getattr(item, f)]
+        if missing:
+            raise ValueError(f"item {item.id} lacks {missing}, which method {method!r} needs")
+        gen = ctx.rt.generator(seed)
+        t = time.time()
+        edited = m.run(ctx, item, gen, steps)
+        seconds = time.time() - t
+        buf = _png_bytes(edited)
+        _atomic_write(out / "images" / f"{item.id}.png", buf)
+        row = {"id": item.id, "method": method, "editing_type": item.editing_type, "seconds": round(seconds, 3),
+               **item_metrics(ctx, item, edited)}
+        _atomic_write(row_path, json.dumps(row).encode())
+        done_now += 1
+        if stop_after is not None and done_now >= stop_after:
+            break
+    summary = summarize(out)
+    summary["wall_seconds_this_run"] = round(time.time() - t0, 1)
+    return summary
+
+
+def _png_bytes(image) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(to_numpy(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rows(out: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(out, "rows").glob("*.json"))]
+
+
+def summarize(out: str | Path) -> dict:
+    """Mean of each metric over the items done, in PIE-Bench's scaling."""
+    rs = rows(out)
+    run_info = json.loads(Path(out, "run.json").read_text()) if Path(out, "run.json").exists() else {}
+    summary = {"method": run_info.get("method", Path(out).name), "items": len(rs),
+               "of": run_info.get("n_items")}
+    for key, scale in SCALES.items():
+        vals = [r[key] for r in rs if key in r]
+        summary[key] = float(np.mean(vals) * scale) if vals else float("nan")
+    summary["seconds_per_item"] = float(np.mean([r["seconds"] for r in rs])) if rs else float("nan")
+    return summary
+
+
+COLUMNS = [("structure", "Structure dist. x10^3 ↓"), ("psnr", "BG PSNR ↑"), ("lpips", "BG LPIPS x10^3 ↓"),
+           ("mse", "BG MSE x10^4 ↓"), ("ssim", "BG SSIM x10^2 ↑"), ("clip_whole", "CLIP whole ↑"),
+           ("clip_edited", "CLIP edited ↑")]
+
+
+def table(dirs) -> "object":
+    """Several runs side by side: returns a pandas DataFrame (one row per method)."""
+    import pandas as pd
+
+    records = []
+    for d in dirs:
+        if not Path(d, "rows").exists():
+            raise ValueError(f"{d} holds no benchmark results (no rows/ folder); run `editnb bench run` first")
+        s = summarize(d)
+        records.append({"method": s["method"], "items": s["items"],
+                        **{label: s[key] for key, label in COLUMNS}, "s/item": s["seconds_per_item"]})
+    return pd.DataFrame.from_records(records).set_index("method")
+
+
+def markdown(df) -> str:
+    cols = list(df.columns)
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, row in df.iterrows():
+        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(df):
+    """Bar chart per metric (one panel per column), methods side by side."""
+    import matplotlib.pyplot as plt
+
+    metric_cols = [label for _, label in COLUMNS]
+    fig, axes = plt.subplots(1, len(metric_cols), figsize=(2.1 * len(metric_cols), 2.4))
+    for ax, col in zip(axes, metric_cols):
+        ax.bar(range(len(df)), df[col].values, color=plt.cm.tab10.colors[: len(df)])
+        ax.set_xticks(range(len(df)))
+        ax.set_xticklabels(df.index, rotation=45, fontsize=7)
+        ax.set_title(col, fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,41 @@
+"""The baselines every chapter compares against, registered with the benchmark runner."""
+from __future__ import annotations
+
+from .. import diffusion
+from ..attention.words import word_tokens
+from ..bench.runner import register
+from .p2p import prompt_to_prompt
+
+
+@register("sdedit", needs=("target_prompt",), models=("sd",))
+def run_sdedit(ctx, item, generator, steps, strength: float = 0.6, guidance: float = 7.5):
+    """SDEdit (Meng et al. 2022): noise the source to strength 0.6, denoise with the target prompt."""
+    pipe = ctx.model("sd")
+    return diffusion.sdedit(pipe, item.image, item.target_prompt, strength=strength, guidance=guidance,
+                            steps=steps, generator=generator).image
+
+
+@register("ip2p", needs=("instruction",), models=("ip2p",))
+def run_ip2p(ctx, item, generator, steps, text_guidance: float = 7.5, image_guidance: float = 1.5):
+    """InstructPix2Pix (Brooks et al. 2023) with s_T = 7.5, s_I = 1.5."""
+    pipe = ctx.model("ip2p")
+    return diffusion.instruct_pix2pix(pipe, item.image, item.instruction, text_guidance=text_guidance,
+                                      image_guidance=image_guidance, steps=steps, generator=generator).image
+
+
+@register("p2p", needs=("source_prompt", "target_prompt"), models=("sd",))
+def run_p2p(ctx, item, generator, steps, guidance: float = 7.5):
+    """Prompt-to-Prompt with DDIM + direct inversion: word swap when the prompts have as many
+    words, refinement otherwise; local blend on the blend words present in each prompt."""
+    pipe = ctx.model("sd")
+    n_src = len(word_tokens(pipe.tokenizer, item.source_prompt))
+    n_tgt = len(word_tokens(pipe.tokenizer, item.target_prompt))
+    mode = "replace" if n_src == n_tgt else "refine"
+    src_words = {w for w, _ in word_tokens(pipe.tokenizer, item.source_prompt)}
+    tgt_words = {w for w, _ in word_tokens(pipe.tokenizer, item.target_prompt)}
+    s, t = item.blend_words
+    blend = ([s] if s in src_words else [], [t] if t in tgt_words else [])
+    result = prompt_to_prompt(pipe, item.source_prompt, item.target_prompt, mode=mode, guidance=guidance,
+                              steps=steps, generator=generator, image=item.image,
+                              blend_words=blend if (blend[0] or blend[1]) else None)
+    return result.images[1]

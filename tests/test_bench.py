@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editnb.bench import data as D
+from editnb.bench import runner as R
+
+
+def test_mask_decode_matches_the_benchmark_semantics():
+    # runs (start, length) over a flattened 6x6 image; the last run is clipped at the end
+    mask = D.mask_decode([7, 2, 14, 1, 33, 10], (6, 6))
+    inner = mask[1:-1, 1:-1]
+    assert mask[0].all() and mask[-1].all() and mask[:, 0].all() and mask[:, -1].all()  # the frame
+    assert inner[0, 0] and inner[0, 1] and not inner[0, 2]  # pixels 7, 8 -> (1,1), (1,2)
+    assert inner[1, 1]  # pixel 14 -> (2, 2)
+    with pytest.raises(ValueError, match="pairs"):
+        D.mask_decode([1, 2, 3], (4, 4))
+
+
+def test_encode_decode_round_trip():
+    rng = np.random.default_rng(0)
+    m = rng.random((16, 16)) > 0.6
+    back = D.mask_decode(D.mask_encode(m), (16, 16))
+    frame = np.zeros_like(m)
+    frame[0] = frame[-1] = frame[:, 0] = frame[:, -1] = True
+    assert np.array_equal(back, m | frame)
+
+
+def test_brackets_mark_changed_words():
+    assert D.bracket_changes("a red circle on a white background", "a blue circle on a white background") == (
+        "a [red] circle on a white background", "a [blue] circle on a white background")
+    src, tgt = D.bracket_changes("a red circle on a white background",
+                                 "a red circle and a green square on a white background")
+    assert src == "a red circle on a white background" and "[and a green square]" in tgt
+
+
+@pytest.fixture
+def pie_fixture(tmp_path):
+    """Two items in the exact PIE-Bench layout (as distributed)."""
+    root = tmp_path / "PIE-Bench_v1"
+    (root / "annotation_images" / "0_random_140").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(root / "annotation_images/0_random_140/000000000000.jpg")
+    Image.new("RGB", (16, 16), (200, 20, 30)).save(root / "annotation_images/0_random_140/000000000001.jpg")
+    mapping = {
+        "000000000000": {"image_path": "0_random_140/000000000000.jpg",
+                         "original_prompt": "a [cat] sitting on a chair", "editing_prompt": "a [dog] sitting on a chair",
+                         "editing_instruction": "Make the cat a dog", "editing_type_id": "0",
+                         "blended_word": "cat dog", "mask": [34, 4, 50, 4]},
+        "000000000001": {"image_path": "0_random_140/000000000001.jpg",
+                         "original_prompt": "a house", "editing_prompt": "a house [in the snow]",
+                         "editing_instruction": "add snow", "editing_type_id": "8",
+                         "blended_word": "house house", "mask": []},
+    }
+    (root / "mapping_file.json").write_text(json.dumps(mapping))
+    return root
+
+
+def test_loader_reads_the_real_format(pie_fixture):
+    items = D.load_pie_bench(pie_fixture)
+    assert [it.id for it in items] == ["000000000000", "000000000001"]
+    a = items[0]
+    assert a.source_prompt == "a cat sitting on a chair" and a.target_prompt == "a dog sitting on a chair"
+    assert a.blend_words == ("cat", "dog") and a.instruction == "Make the cat a dog"
+    assert a.mask.shape == (16, 16) and a.mask[2, 2:6].all() and a.mask[3, 2:6].all()
+    assert items[1].target_prompt == "a house in the snow" and items[1].editing_type_name == "change background"
+    assert len(D.load_pie_bench(pie_fixture, types=["8"])) == 1
+    with pytest.raises(ValueError, match="mapping_file.json"):
+        D.load_pie_bench(pie_fixture / "annotation_images")
+
+
+def test_toy_pie_is_committed_and_loads_with_the_same_loader(tmp_path):
+    from editnb.runtime import data_dir
+
+    items = D.load_pie_bench(data_dir() / "bench" / "toy-pie")
+    assert len(items) == 100
+    assert {it.editing_type for it in items} == {"1", "2", "3", "6", "8"}
+    for it in items:
+        assert it.mask.shape == (64, 64) and it.mask[1:-1, 1:-1].any()
+        assert "[" in it.original_prompt + it.editing_prompt and it.instruction
+    # regenerating from the documented command gives the same benchmark
+    fresh = D.load_pie_bench(D.write_toy_pie(tmp_path / "toy-pie"))
+    assert [(i.id, i.target_prompt) for i in fresh] == [(i.id, i.target_prompt) for i in items]
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(fresh, items))
+
+
+def test_toy_magicbrush_splits(tmp_path):
+    root = D.write_toy_magicbrush(tmp_path / "mb", n_single=5, n_multi=2, turns=3)
+    single, multi = D.load_toy_magicbrush(root, "single"), D.load_toy_magicbrush(root, "multi")
+    assert len(single) == 5 and len(multi) == 6
+    chains = json.loads((root / "multi_turn.json").read_text())
+    for chain in chains:  # each turn starts from the previous turn's target
+        for prev, nxt in zip(chain["turns"], chain["turns"][1:]):
+            assert prev["target_caption"] == nxt["source_caption"]
+            assert np.array_equal(np.asarray(Image.open(root / prev["target"])), np.asarray(Image.open(root / nxt["source"])))
+
+
+def test_runner_resumes_after_a_kill(pie_fixture, tmp_path, monkeypatch):
+    calls = []
+
+    @R.register("test-identity", needs=("target_prompt",))
+    def identity(ctx, item, generator, steps):
+        calls.append(item.id)
+        if item.id == "000000000001" and len(calls) == 2:
+            raise KeyboardInterrupt  # the process is killed while this item is in flight
+        return item.image
+
+    monkeypatch.setattr("editnb.methods.register_builtin", lambda: None)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        R.run("test-identity", pie_fixture, out, process_index=0, num_processes=1)
+    assert sorted(p.name for p in (out / "rows").iterdir()) == ["000000000000.json"]
+    assert not list(out.rglob("*.tmp*"))
+    summary = R.run("test-identity", pie_fixture, out, process_index=0, num_processes=1)
+    assert calls == ["000000000000", "000000000001", "000000000001"]  # the finished item was skipped
+    assert summary["items"] == 2 and summary["psnr"] == 100.0  # identity: perfect background
+    assert summary["mse"] == 0 and summary["ssim"] == pytest.approx(100.0)
+    # two shards writing to one folder merge into one table
+    out2 = tmp_path / "sharded"
+    for k in range(2):
+        R.run("test-identity", pie_fixture, out2, process_index=k, num_processes=2)
+    df = R.table([out, out2])
+    assert list(df["items"]) == [2, 2]
+    assert "BG PSNR" in R.markdown(df)
+    with pytest.raises(ValueError, match="unknown method"):
+        R.run("nope", pie_fixture, out, process_index=0, num_processes=1)
