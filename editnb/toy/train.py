@@ -289,8 +289,10 @@ class IPAdapterTask(SDTask):
     def __init__(self, device, recipe, seed):
         from diffusers import StableDiffusionPipeline
 
+        import tempfile
+
         self.device, self.recipe, self.seed = device, recipe, seed
-        folder = models_dir() / "toy-ip-adapter"
+        folder = Path(tempfile.mkdtemp(prefix="editnb-ip-adapter-"))
         _write_initial_ip_adapter(folder)
         pipe = StableDiffusionPipeline.from_pretrained(str(models_dir() / "toy-sd"), torch_dtype=torch.float32)
         pipe.load_ip_adapter(str(folder), subfolder="models", weight_name=IP_ADAPTER_WEIGHTS)
@@ -324,6 +326,7 @@ class IPAdapterTask(SDTask):
                                    added_cond_kwargs={"image_embeds": [embeds[:, None]]})
 
     def export(self, module, out):
+        _write_image_encoder(out / "models" / "image_encoder")
         _save_ip_adapter(self.unet, out)
 
 
@@ -343,20 +346,9 @@ def _write_initial_ip_adapter(folder: Path) -> None:
     from diffusers import UNet2DConditionModel
     from diffusers.models.embeddings import ImageProjection
     from safetensors.torch import save_file
-    from transformers import CLIPModel, CLIPVisionModelWithProjection
 
     models = folder / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    clip = CLIPModel.from_pretrained(str(models_dir() / "toy-clip"), dtype=torch.float32)
-    vision = CLIPVisionModelWithProjection(clip.config.vision_config)
-    vision.config.projection_dim = clip.config.projection_dim
-    vision = CLIPVisionModelWithProjection(vision.config)
-    vision.vision_model.load_state_dict(clip.vision_model.state_dict())
-    vision.visual_projection.load_state_dict(clip.visual_projection.state_dict())
-    vision.to(torch.float16).save_pretrained(str(models / "image_encoder"))
-    arch.new_image_processor().save_pretrained(str(models / "image_encoder"))
-    if (models / IP_ADAPTER_WEIGHTS).exists():
-        return
+    clip = _write_image_encoder(models / "image_encoder")
     unet = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet", torch_dtype=torch.float32)
     proj = ImageProjection(image_embed_dim=clip.config.projection_dim, cross_attention_dim=arch.TEXT_DIM,
                            num_image_text_embeds=4)
@@ -368,6 +360,22 @@ def _write_initial_ip_adapter(folder: Path) -> None:
         state[f"ip_adapter.{2 * i + 1}.to_k_ip.weight"] = attn.to_k.weight.detach().clone()
         state[f"ip_adapter.{2 * i + 1}.to_v_ip.weight"] = attn.to_v.weight.detach().clone()
     save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(models / IP_ADAPTER_WEIGHTS))
+
+
+def _write_image_encoder(folder: Path):
+    """toy-clip's vision tower + projection as the CLIPVisionModelWithProjection diffusers reads."""
+    from transformers import CLIPModel, CLIPVisionModelWithProjection
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = CLIPModel.from_pretrained(str(models_dir() / "toy-clip"), dtype=torch.float32)
+    config = clip.config.vision_config
+    config.projection_dim = clip.config.projection_dim
+    vision = CLIPVisionModelWithProjection(config)
+    vision.vision_model.load_state_dict(clip.vision_model.state_dict())
+    vision.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+    vision.to(torch.float16).save_pretrained(str(folder))
+    arch.new_image_processor().save_pretrained(str(folder))
+    return clip
 
 
 def _save_ip_adapter(unet, out: Path) -> None:

@@ -23,7 +23,7 @@ def scene_panel(scenes, size: float = 1.9, ncols: int | None = None):
     from ..toy import world
 
     ims = [world.render(s) for s in scenes]
-    labels = [_wrap(s.caption) for s in scenes]
+    labels = [wrap(s.caption) for s in scenes]
     return grid(ims, labels, ncols=ncols, size=size)
 
 
@@ -44,7 +44,7 @@ def edit_panel(edits, size: float = 1.9, extra=None, extra_label: str = "model")
     for k, e in enumerate(edits):
         src, dst = e.source_image(), e.edited_image()
         row = [src, dst, overlay(src, e.mask(), (0, 255, 255))]
-        lab = [f"{e.kind}: source", _wrap(e.instruction), "edit mask"]
+        lab = [f"{e.kind}: source", wrap(e.instruction), "edit mask"]
         if extra is not None:
             row.append(extra[k])
             lab.append(extra_label)
@@ -54,7 +54,7 @@ def edit_panel(edits, size: float = 1.9, extra=None, extra_label: str = "model")
     return grid(rows, labels, ncols=ncols, size=size)
 
 
-def _wrap(text: str, width: int = 26) -> str:
+def wrap(text: str, width: int = 26) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))

@@ -1,0 +1,126 @@
+"""A two-alternative forced-choice (2AFC) study with an Elo leaderboard, as in the user studies of
+EditCLIP, LIME and UIP2P (Elo: UIP2P supplement Sec. 3, start 1500, K = 32).
+
+:class:`PairwiseStudy` holds the trials (an input, an instruction, two methods' outputs) and the
+votes.  With a Jupyter frontend :meth:`PairwiseStudy.panel` shows an ipywidgets panel that records
+clicks; without one (nbval, scripts) a scripted voter, e.g. :func:`oracle_voter`, casts the votes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..metrics import elo_leaderboard
+
+
+@dataclass
+class Trial:
+    source: np.ndarray
+    instruction: str
+    outputs: dict  # method name -> image
+    context: object = None  # anything a scripted voter needs (e.g. the ToyWorld Edit)
+
+
+@dataclass
+class PairwiseStudy:
+    trials: list[Trial]
+    seed: int = 0
+    votes: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def pairs(self):
+        """Every (trial, method A, method B) with A/B order randomised per pair (seeded)."""
+        rng = np.random.default_rng(self.seed)
+        out = []
+        for t in self.trials:
+            names = sorted(t.outputs)
+            for i in range(len(names)):
+                for j in range(i + 1, len(names)):
+                    a, b = (names[i], names[j]) if rng.random() < 0.5 else (names[j], names[i])
+                    out.append((t, a, b))
+        return out
+
+    def vote(self, a: str, b: str, winner: str | None) -> None:
+        if winner not in (a, b, None):
+            raise ValueError(f"the winner must be {a!r}, {b!r} or None (tie), got {winner!r}")
+        self.votes.append((a, b, winner))
+
+    def run_scripted(self, voter) -> None:
+        """Cast every pair's vote with `voter(trial, a, b) -> winner name or None`."""
+        for trial, a, b in self.pairs():
+            self.vote(a, b, voter(trial, a, b))
+
+    def leaderboard(self):
+        return elo_leaderboard(self.votes)
+
+    def leaderboard_text(self) -> str:
+        rows = [f"{'method':<16}{'Elo':>8}{'games':>7}"]
+        rows += [f"{n:<16}{r:>8.1f}{g:>7d}" for n, r, g in self.leaderboard()]
+        return "\n".join(rows)
+
+    def panel(self, voter=None):
+        """ipywidgets 2AFC panel (buttons 'left is better' / 'right is better' / 'tie'); without a
+        frontend, the scripted `voter` casts the votes and the leaderboard is printed."""
+        from .attention import _frontend_available
+
+        if not _frontend_available():
+            if voter is None:
+                raise ValueError("no frontend to click in: pass a scripted voter (e.g. oracle_voter)")
+            self.run_scripted(voter)
+            print(self.leaderboard_text())
+            return None
+        import ipywidgets as W
+        import matplotlib.pyplot as plt
+
+        queue = self.pairs()
+        out, board = W.Output(), W.Output()
+        buttons = [W.Button(description=d) for d in ("left is better", "tie", "right is better")]
+        state = {"k": 0}
+
+        def show():
+            with out:
+                out.clear_output(wait=True)
+                if state["k"] >= len(queue):
+                    print("all pairs judged, thank you")
+                    return
+                t, a, b = queue[state["k"]]
+                fig, axes = plt.subplots(1, 3, figsize=(6, 2.3))
+                for ax, im, title in zip(axes, (t.source, t.outputs[a], t.outputs[b]), ("input", "left", "right")):
+                    ax.imshow(im, interpolation="nearest")
+                    ax.set_title(title, fontsize=8)
+                    ax.axis("off")
+                fig.suptitle(t.instruction, fontsize=9)
+                plt.show()
+            with board:
+                board.clear_output(wait=True)
+                print(self.leaderboard_text())
+
+        def click(choice):
+            def handler(_):
+                if state["k"] < len(queue):
+                    _, a, b = queue[state["k"]]
+                    self.vote(a, b, {"left": a, "right": b, "tie": None}[choice])
+                    state["k"] += 1
+                show()
+            return handler
+
+        for btn, choice in zip(buttons, ("left", "tie", "right")):
+            btn.on_click(click(choice))
+        show()
+        return W.VBox([out, W.HBox(buttons), board])
+
+
+def oracle_voter(trial: Trial, a: str, b: str):
+    """A scripted judge for ToyWorld trials (``trial.context`` is the Edit): prefer the output
+    the oracle reads as the target scene; between equals, the one that preserves more outside the
+    edit mask (PSNR); a tie within 0.5 dB."""
+    from ..toy import oracle
+
+    e = trial.context
+    score = {m: (oracle.edit_success(trial.outputs[m], e), min(oracle.preservation(trial.outputs[m], e), 60.0))
+             for m in (a, b)}
+    if score[a][0] != score[b][0]:
+        return a if score[a][0] else b
+    if abs(score[a][1] - score[b][1]) < 0.5:
+        return None
+    return a if score[a][1] > score[b][1] else b

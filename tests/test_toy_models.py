@@ -1,0 +1,115 @@
+"""The shipped ToyWorld models: they load with the standard classes, train (smoke), and behave."""
+import numpy as np
+import pytest
+import torch
+
+from editnb import diffusion, models
+from editnb.attention import AttentionStore, attach
+from editnb.methods.p2p import prompt_to_prompt
+from editnb.toy import oracle, world
+from editnb.viz.attention import word_maps
+
+D = models.models_dir()
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return models.load("sd", profile="toy", device="cpu", dtype=torch.float32)
+
+
+def test_all_folders_load_with_the_standard_classes():
+    from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPTokenizer
+
+    assert AutoencoderKL.from_pretrained(D / "toy-vae").config.latent_channels == 4
+    clip = CLIPModel.from_pretrained(D / "toy-clip")
+    tok = CLIPTokenizer.from_pretrained(D / "toy-clip")
+    assert clip.config.text_config.vocab_size == len(tok)
+    pipe = StableDiffusionPipeline.from_pretrained(D / "toy-sd", safety_checker=None)
+    res = {s for s in (16, 8)}
+    assert pipe.unet.config.sample_size == 16 and len(pipe.unet.attn_processors) == 14 and res
+    ip2p = StableDiffusionInstructPix2PixPipeline.from_pretrained(D / "toy-ip2p", safety_checker=None)
+    assert ip2p.unet.config.in_channels == 8
+    pipe.load_ip_adapter(str(D / "toy-ip-adapter"), subfolder="models", weight_name="ip-adapter_toy.safetensors")
+    assert type(next(iter(pipe.unet.attn_processors.values()))).__name__.startswith("IPAdapter") or any(
+        "IPAdapter" in type(p).__name__ for p in pipe.unet.attn_processors.values())
+    assert (D / "eval.json").exists()
+    for name in ("toy-vae", "toy-clip", "toy-sd", "toy-ip2p", "toy-ip-adapter"):
+        assert "wall time" in (D / name / "README.md").read_text()
+    size = sum(p.stat().st_size for p in D.rglob("*") if p.is_file())
+    assert size < 30 * 2 ** 20, f"data/models is {size / 2 ** 20:.1f} MB; keep it under 30 MB"
+
+
+@pytest.mark.parametrize("model", ["vae", "clip", "sd", "ip2p", "ip-adapter"])
+def test_training_smoke(model, tmp_path):
+    from editnb.toy.train import train
+
+    out = tmp_path / "out"
+    s = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, checkpoint_minutes=0)
+    assert s["steps"] == 2 and np.isfinite(s["final_loss"])
+    assert (tmp_path / "work" / model / "checkpoint.pt").exists() and (out / "README.md").exists()
+    # resuming a finished run trains no further step
+    again = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, export=False)
+    assert again["steps"] == 2
+
+
+def test_word_map_of_circle_overlaps_the_circle(sd):
+    better = 0
+    n = 6
+    for i in range(n):
+        scene = world.scene_for("test", i, n_objects=1)
+        scene = world.Scene((world.ToyObject("circle", scene.objects[0].color, scene.objects[0].cell),), scene.background)
+        store = AttentionStore(kinds=("cross",))
+        with attach(sd.unet, store):
+            image = diffusion.text_to_image(sd, scene.caption, guidance=5.0, steps=15, generator=gen(i)).image
+        found = [d for d in oracle.read(image).objects if d.shape == "circle"]
+        if not found:
+            continue
+        mask = found[0].mask
+        maps = word_maps(store, sd.tokenizer, scene.caption, size=64)
+        iou = {w: ((maps[w] > 0.5) & mask).sum() / ((maps[w] > 0.5) | mask).sum() for w in ("circle", "background")}
+        better += iou["circle"] > iou["background"]
+    assert better >= n - 1
+
+
+def test_p2p_word_swap_keeps_the_scene_and_changes_the_word(sd):
+    ok = 0
+    trials = [("red", "green"), ("blue", "yellow"), ("purple", "red"), ("green", "blue")]
+    for k, (c1, c2) in enumerate(trials):
+        src = f"a {c1} circle and a {'yellow' if c1 != 'yellow' and c2 != 'yellow' else 'purple'} square on a white background"
+        tgt = src.replace(f"a {c1} circle", f"a {c2} circle")
+        r = prompt_to_prompt(sd, src, tgt, guidance=5.0, steps=20, generator=gen(k), cross_replace=1.0,
+                             self_replace=0.4, blend_words=(c1, c2))
+        a, b = oracle.read(r.images[0]), oracle.read(r.images[1])
+        sq_a = [d for d in a.objects if d.shape == "square"]
+        sq_b = [d for d in b.objects if d.shape == "square"]
+        circle_b = [d for d in b.objects if d.shape == "circle"]
+        if sq_a and sq_b and circle_b:
+            kept = sq_a[0].color == sq_b[0].color and sq_a[0].cell == sq_b[0].cell
+            ok += kept and circle_b[0].color == c2
+    assert ok >= 3, f"only {ok} of {len(trials)} swaps kept the square and recoloured the circle"
+
+
+def test_local_blend_keeps_pixels_outside_the_mask(sd):
+    src = "a red circle and a blue square on a white background"
+    tgt = "a green circle and a blue square on a white background"
+    r = prompt_to_prompt(sd, src, tgt, guidance=5.0, steps=20, generator=gen(1), blend_words=("red", "green"))
+    mask = torch.nn.functional.interpolate(r.controller.last_mask, size=(64, 64))[0, 0].numpy() > 0
+    a, b = np.asarray(r.images[0], float), np.asarray(r.images[1], float)
+    outside = np.abs(a - b)[~mask].mean()
+    inside = np.abs(a - b)[mask].mean()
+    assert 0 < mask.mean() < 0.6 and outside < 4.0 and inside > 4 * outside
+
+
+def test_inversion_reconstruction_psnr(sd):
+    scene = world.scene_for("test", 5)
+    image = world.render(scene)
+    traj = diffusion.ddim_invert(sd, image, scene.caption, steps=20)
+    plain = diffusion.psnr(image, diffusion.reconstruct(sd, traj, scene.caption).image)
+    direct = diffusion.psnr(image, diffusion.reconstruct(sd, traj, scene.caption, direct=True).image)
+    vae = diffusion.psnr(image, diffusion.decode(sd, diffusion.encode_image(sd, image))[0])
+    assert plain > 20 and direct == pytest.approx(vae, abs=0.01)
