@@ -137,3 +137,19 @@ def test_ddim_inversion_round_trip_is_close(random_pipe):
     assert len(traj) == 11
     direct = diffusion.reconstruct(random_pipe, traj, PROMPT, direct=True)
     assert torch.allclose(direct.latents, traj[0])
+
+
+def test_store_and_p2p_in_fp16(random_pipe):
+    import copy
+
+    pipe = copy.deepcopy(random_pipe).to(torch.float16)
+    store = AttentionStore(kinds=("cross",))
+    with attach(pipe.unet, store):
+        out = diffusion.text_to_image(pipe, [PROMPT, PROMPT], steps=2, generator=gen())
+    assert out.latents.dtype == torch.float16 and torch.isfinite(out.latents).all()
+    assert store.maps[(store.layers("cross")[0], 0)].shape[0] == 2  # batch > 1, conditional half
+    from editnb.methods.p2p import prompt_to_prompt
+
+    r = prompt_to_prompt(pipe, PROMPT, "a blue circle on a white background", steps=3, generator=gen(),
+                         blend_words=("red", "blue"))
+    assert len(r.images) == 2 and r.controller.last_mask is not None
