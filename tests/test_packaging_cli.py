@@ -57,3 +57,23 @@ def test_cli_failure_is_one_line_and_nonzero():
     r = subprocess.run([sys.executable, "-m", "editnb", "toy", "eval", "--only", "nonsense"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "unknown metric" in r.stderr
+
+
+def test_figures_runs_a_notebook_and_writes_its_pngs(tmp_path):
+    import nbformat
+
+    from editnb.figures import run_notebooks
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+                                          "plt.plot([0, 1]); plt.show()")]
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(nb, path)
+    written = run_notebooks([path], out=tmp_path / "figs")
+    assert len(written) == 1 and written[0].read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "figs" / "demo" / "demo.ipynb").exists()
+    bad = tmp_path / "bad.ipynb"
+    nb.cells = [nbformat.v4.new_code_cell("1 / 0")]
+    nbformat.write(nb, bad)
+    with pytest.raises(RuntimeError, match="bad.ipynb failed.*ZeroDivisionError"):
+        run_notebooks([bad], out=tmp_path / "figs")

@@ -220,12 +220,15 @@ class SDTask(_Task):
             cond = _encode_text(self.tok, self.text_encoder, captions, self.device)
         return self.diffusion_loss(self.latents(images), cond, gen)
 
+    pipeline_class = "StableDiffusionPipeline"
+
     def export(self, module, out):
-        from diffusers import StableDiffusionPipeline
+        """Save a whole pipeline folder (unet, vae, text_encoder, tokenizer, scheduler) in fp16."""
+        import diffusers
         from transformers import CLIPTextModel
 
         text_encoder = CLIPTextModel.from_pretrained(str(models_dir() / "toy-clip"), dtype=torch.float16)
-        pipe = StableDiffusionPipeline(
+        pipe = getattr(diffusers, self.pipeline_class)(
             vae=self.vae.to(torch.float16), text_encoder=text_encoder, tokenizer=self.tok,
             unet=module.to(torch.float16), scheduler=self.scheduler, safety_checker=None,
             feature_extractor=None, requires_safety_checker=False)
@@ -238,6 +241,7 @@ class IP2PTask(SDTask):
 
     name = "ip2p"
     dropout = 0.05
+    pipeline_class = "StableDiffusionInstructPix2PixPipeline"
 
     def new_unet(self):
         from diffusers import UNet2DConditionModel
@@ -266,17 +270,6 @@ class IP2PTask(SDTask):
             src_latents = self.vae.encode(src.to(self.device)).latent_dist.mode()
         src_latents = src_latents * (~drop_image).float().to(self.device)[:, None, None, None]
         return self.diffusion_loss(self.latents(tgt), cond, gen, extra=src_latents)
-
-    def export(self, module, out):
-        from diffusers import StableDiffusionInstructPix2PixPipeline
-        from transformers import CLIPTextModel
-
-        text_encoder = CLIPTextModel.from_pretrained(str(models_dir() / "toy-clip"), dtype=torch.float16)
-        pipe = StableDiffusionInstructPix2PixPipeline(
-            vae=self.vae.to(torch.float16), text_encoder=text_encoder, tokenizer=self.tok,
-            unet=module.to(torch.float16), scheduler=self.scheduler, safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False)
-        pipe.save_pretrained(str(out))
 
 
 class IPAdapterTask(SDTask):
