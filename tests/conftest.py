@@ -30,3 +30,20 @@ def random_pipe(tmp_path_factory):
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def random_ip2p(random_pipe):
+    """An InstructPix2Pix pipeline of the toy architecture (8 input channels), random weights."""
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from editnb.toy import architectures as arch
+
+    torch.manual_seed(1)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=random_pipe.vae, text_encoder=random_pipe.text_encoder, tokenizer=random_pipe.tokenizer,
+        unet=arch.new_unet(in_channels=8).eval(), scheduler=random_pipe.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -58,13 +58,17 @@ class ObservedAttnProcessor:
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
         query = attn.head_to_batch_dim(query)
 
-        probs = attn.get_attention_scores(query, key, attention_mask)
         site = Site(self.name, self.place, self.kind, int(math.isqrt(query.shape[1])), attn.heads,
                     self.controller.step)
+        bias = self.controller.logit_bias(site, query.shape[0], query.shape[1], key.shape[1], query.dtype, query.device)
+        if bias is not None:  # added to the scaled logits before the softmax, as a mask would be
+            attention_mask = bias if attention_mask is None else attention_mask + bias
+        probs = attn.get_attention_scores(query, key, attention_mask)
         probs = self.controller(probs, site)
 
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
+        self.controller.observe_output(out, site)
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
         if attn.residual_connection:
@@ -76,7 +80,9 @@ class Controller:
     """Base controller: counts UNet calls (steps) and leaves maps unchanged.
 
     Subclasses override :meth:`forward`, which gets the probabilities (batch*heads, queries, keys)
-    and the :class:`Site`, and returns them (changed or not).
+    and the :class:`Site`, and returns them (changed or not); :meth:`logit_bias` to add to the
+    logits before the softmax (LIME's regularisation); :meth:`observe_output` to read the
+    attention module's output (LIME's features).
     """
 
     def __init__(self):
@@ -93,6 +99,13 @@ class Controller:
 
     def forward(self, probs, site):
         return probs
+
+    def logit_bias(self, site, batch_heads: int, queries: int, keys: int, dtype, device):
+        """An additive bias for the logits (batch*heads, queries, keys), or None (default)."""
+        return None
+
+    def observe_output(self, out, site) -> None:
+        """Sees the attention module's output (batch, queries, channels); for feature capture."""
 
     def reset(self):
         self.step, self._calls = 0, 0

@@ -1,0 +1,81 @@
+"""LIME's mechanics on a random-weight InstructPix2Pix pipeline of the toy architecture."""
+import numpy as np
+import pytest
+import torch
+
+from editnb.attention import attach
+from editnb.attention.store import Controller
+from editnb.methods import lime
+from editnb.toy import world
+
+
+def test_relevant_tokens_drop_stop_words_verbs_and_punctuation(random_ip2p):
+    tok = random_ip2p.tokenizer
+    positions, words = lime.relevant_tokens(tok, "make the circle blue, big")
+    assert words == ["circle", "blue", "big"] and positions == [3, 4, 6]
+    with pytest.raises(ValueError, match="no content words"):
+        lime.relevant_tokens(tok, "make it so again")
+
+
+def test_regularisation_leaves_attention_outside_the_roi_bit_identical(random_ip2p):
+    unet, tok = random_ip2p.unet, random_ip2p.tokenizer
+    roi = np.zeros((16, 16), bool)
+    roi[4:10, 4:10] = True
+    reg = lime.LimeRegularizer(roi, tok, "make the circle blue", min_resolution=8)
+    seen = {}
+
+    class Spy(Controller):
+        def __init__(self, inner=None):
+            super().__init__()
+            self.inner = inner
+
+        def logit_bias(self, *a):
+            return self.inner.logit_bias(*a) if self.inner else None
+
+        def forward(self, probs, site):
+            if site.kind == "cross" and site.resolution == 16 and site.step == 0:
+                seen.setdefault(self.inner is not None, probs.clone())
+            return probs
+
+    x = torch.randn(3, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    states = torch.randn(3, tok.model_max_length, 128, generator=torch.Generator().manual_seed(1))
+    for inner in (None, reg):
+        with attach(unet, Spy(inner)), torch.no_grad():
+            unet(x, 500, encoder_hidden_states=states)
+    plain, regular = seen[False], seen[True]
+    inside = torch.from_numpy(roi).flatten()
+    assert torch.equal(plain[:, ~inside], regular[:, ~inside])  # outside: bit-identical
+    unrelated = torch.tensor(reg.unrelated)
+    assert regular[:, inside][..., unrelated].max() == 0  # inside: unrelated tokens get nothing
+    assert plain[:, inside][..., unrelated].min() > 0
+    assert torch.allclose(regular.sum(-1), torch.ones_like(regular.sum(-1)), atol=1e-5)
+
+
+def test_related_token_rewarding_makes_attention_uniform_over_them(random_ip2p):
+    roi = np.ones((16, 16), bool)
+    reg = lime.LimeRegularizer(roi, random_ip2p.tokenizer, "make the circle blue", mode="related", min_resolution=8)
+    from editnb.attention.store import Site
+
+    probs = torch.softmax(torch.randn(4, 256, random_ip2p.tokenizer.model_max_length), -1)
+    out = reg.forward(probs, Site("x", "down", "cross", 16, 4, 0))
+    assert torch.allclose(out[0, 0, [3, 4]], torch.tensor([0.5, 0.5]))
+
+
+def test_localise_and_edit_run_and_validate_input(random_ip2p):
+    e = world.edit_for("test", 0, "recolor")
+    loc = lime.localise(random_ip2p, e.source_image(), e.instruction, n_clusters=4, steps=3,
+                        generator=torch.Generator().manual_seed(0))
+    assert loc.segments.shape == (32, 32) and len(np.unique(loc.segments)) == 4
+    assert set(loc.segments_by_resolution) == {8, 16}
+    assert loc.roi.any() and loc.roi.sum() < loc.roi.size and loc.attention.max() == pytest.approx(1.0)
+    feats = np.random.default_rng(0).normal(size=(200, 8))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    n = [len(np.unique(lime.cluster(feats, method="agglomerative", distance_threshold=t))) for t in (0.05, 0.3, 0.6)]
+    assert n[0] < n[1] < n[2]  # higher threshold, more clusters (Sec. A.7.2)
+    image, _ = lime.edit(random_ip2p, e.source_image(), e.instruction, mask=e.mask(), steps=3,
+                         generator=torch.Generator().manual_seed(0))
+    assert image.size == (64, 64)
+    with pytest.raises(ValueError, match="must be 64x64"):
+        lime.edit(random_ip2p, e.source_image(), e.instruction, mask=np.ones((10, 10), bool), steps=2)
+    with pytest.raises(ValueError, match="no content words"):
+        lime.edit(random_ip2p, e.source_image(), "make it so", mask=e.mask(), steps=2)
