@@ -400,3 +400,16 @@ def elo_leaderboard(votes, start: float = ELO_START, k: float = ELO_K) -> list[t
         ratings[a], ratings[b] = elo_update(ra, rb, score, k)
         games[a], games[b] = games.get(a, 0) + 1, games.get(b, 0) + 1
     return sorted(((n, r, games[n]) for n, r in ratings.items()), key=lambda x: -x[1])
+
+
+def magicbrush_metrics(features: ClipFeatures, output, target, caption: str, source=None, mask=None) -> dict:
+    """MagicBrush's metrics of one output against the ground-truth target image: L1 and L2 on
+    [0, 1] images, CLIP-I (output vs target image), CLIP-T (output vs the target's local caption);
+    with `source` and `mask` also the PSNR of the unedited region (background preservation).
+    With toy-clip features CLIP-I/CLIP-T are toy figures."""
+    out = {"L1": l1(output, target), "L2": l2(output, target),
+           "CLIP-I": float(clip_image_similarity(features, [output], [target])[0]),
+           "CLIP-T": float(clip_similarity(features, [output], [caption])[0])}
+    if source is not None and mask is not None:
+        out["BG PSNR"] = min(psnr(source, output, mask, "background"), 100.0)
+    return out

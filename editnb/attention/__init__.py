@@ -1,4 +1,4 @@
 """Attention capture and control on diffusers' attention-processor API."""
-from .store import AttentionStore, Controller, ObservedAttnProcessor, Site, attach
+from .store import AttentionStore, Chain, Controller, ObservedAttnProcessor, Site, attach
 
-__all__ = ["AttentionStore", "Controller", "ObservedAttnProcessor", "Site", "attach"]
+__all__ = ["AttentionStore", "Chain", "Controller", "ObservedAttnProcessor", "Site", "attach"]

@@ -194,3 +194,36 @@ def attach(unet, controller: Controller):
         yield controller
     finally:
         unet.set_attn_processor(original)
+
+
+class Chain(Controller):
+    """Several controllers as one: biases add up, probability edits apply in order, every one
+    observes the outputs.  E.g. ``Chain(LimeRegularizer(...), AttentionStore())`` records the maps
+    AFTER regularisation."""
+
+    def __init__(self, *controllers: Controller):
+        super().__init__()
+        self.controllers = controllers
+
+    def forward(self, probs, site):
+        for c in self.controllers:
+            c.step = self.step
+            probs = c.forward(probs, site)
+        return probs
+
+    def logit_bias(self, site, batch_heads, queries, keys, dtype, device):
+        total = None
+        for c in self.controllers:
+            b = c.logit_bias(site, batch_heads, queries, keys, dtype, device)
+            if b is not None:
+                total = b if total is None else total + b
+        return total
+
+    def observe_output(self, out, site):
+        for c in self.controllers:
+            c.observe_output(out, site)
+
+    def reset(self):
+        super().reset()
+        for c in self.controllers:
+            c.reset()

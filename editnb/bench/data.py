@@ -76,6 +76,7 @@ class BenchItem:
     mask: np.ndarray
     original_prompt: str = ""
     editing_prompt: str = ""
+    target_image: Image.Image | None = None  # ground truth, where the benchmark has one (MagicBrush)
 
     @property
     def editing_type_name(self) -> str:
@@ -217,10 +218,12 @@ def load_toy_magicbrush(root: str | Path, split: str = "single") -> list[BenchIt
     for r in turns:
         with Image.open(root / r["source"]) as im:
             image = im.convert("RGB")
+        with Image.open(root / r["target"]) as im:
+            target = im.convert("RGB")
         flat = np.zeros(image.width * image.height, bool)
         enc = r["mask"]
         for s, n in zip(enc[0::2], enc[1::2]):
             flat[s:s + n] = True
         items.append(BenchItem(r["id"], image, r["source_caption"], r["target_caption"], r["instruction"],
-                               r["kind"], ("", ""), flat.reshape(image.height, image.width)))
+                               r["kind"], ("", ""), flat.reshape(image.height, image.width), target_image=target))
     return items

@@ -58,3 +58,21 @@ def wrap(text: str, width: int = 26) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
+
+
+SEGMENT_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+                            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+                            (170, 255, 195)], np.float32)
+
+
+def segments_overlay(image, segments: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Colour each segment (cluster id per pixel, any square size) over the image."""
+    img = to_numpy(image).astype(np.float32)
+    seg = np.asarray(segments)
+    h, w = img.shape[:2]
+    ys = (np.arange(h) * seg.shape[0] // h)[:, None]
+    xs = (np.arange(w) * seg.shape[1] // w)[None, :]
+    lab = seg[ys, xs]
+    colours = SEGMENT_COLOURS[lab % len(SEGMENT_COLOURS)]
+    return ((1 - alpha) * img + alpha * colours).astype(np.uint8)
