@@ -119,6 +119,7 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
     key = (name, profile, str(device), str(dtype))
     if key in _CACHE:
         return _CACHE[key]
+    _quiet_loading()
     if profile == "toy":
         folder = toy_path(name)
         if not folder.exists():
@@ -143,6 +144,15 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
         raise RuntimeError(f"cannot load the toy model {source}: {e}") from e
     _CACHE[key] = model
     return model
+
+
+def _quiet_loading() -> None:
+    """No per-file loading bars from diffusers/transformers: they clutter the chapters."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
 
 
 def clear_cache() -> None:
