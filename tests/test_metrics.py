@@ -91,3 +91,52 @@ def test_elo():
     assert dict((n, g) for n, _, g in board) == {"x": 3, "y": 2, "z": 3}
     with pytest.raises(ValueError):
         M.elo_leaderboard([("x", "y", "w")])
+
+
+@pytest.fixture(scope="module")
+def toy_features():
+    return M.clip_features("clip", profile="toy")
+
+
+def test_clip_space_metrics_with_toy_clip(toy_features):
+    from editnb.toy import world
+
+    f = toy_features
+    assert f.name == "toy-clip"
+    e = world.edit_for("test", 3, "recolor")
+    src, dst = e.source_image(), e.edited_image()
+    right, wrong = M.clip_similarity(f, [dst, dst], [e.target_caption, e.source_caption])
+    assert right > wrong
+    assert 0 <= M.clip_score(f, [dst], [e.target_caption])[0] <= 100
+    # the edit's direction agrees with the captions' direction, the reverse edit's does not
+    fwd = M.clip_directional_similarity(f, [src], [dst], [e.source_caption], [e.target_caption])[0]
+    rev = M.clip_directional_similarity(f, [dst], [src], [e.source_caption], [e.target_caption])[0]
+    assert fwd > 0 > rev and fwd == pytest.approx(-rev, abs=1e-5)
+    assert M.clip_image_similarity(f, [src], [src])[0] == pytest.approx(1.0, abs=1e-5)
+    # S_visual: an output that repeats the exemplar's edit scores 1
+    assert M.s_visual(f, [src], [dst], [src], [dst])[0] == pytest.approx(1.0, abs=1e-5)
+    assert M.clip_instruction_similarity(f, [src], [dst], [e.instruction]).shape == (1,)
+
+
+def test_feature_metrics_vanish_on_identical_images(toy_features):
+    from editnb.toy import world
+
+    a = world.render(world.scene_for("test", 0))
+    b = world.render(world.scene_for("test", 1))
+    assert M.toy_lpips(toy_features, a, a) == pytest.approx(0, abs=1e-6)
+    assert M.toy_lpips(toy_features, a, b) > 0.01
+    keys = M.toy_keys(toy_features)
+    assert M.structure_distance(keys, a, a) == pytest.approx(0, abs=1e-7)
+    assert M.structure_distance(keys, a, b) > 0
+    fid_same = M.toy_fid(toy_features, [world.render(world.scene_for("test", i)) for i in range(20)],
+                         [world.render(world.scene_for("test", i)) for i in range(20)])
+    assert fid_same == pytest.approx(0, abs=1e-3)
+
+
+def test_edit_encoder_metrics():
+    import torch
+
+    enc = lambda a, b: torch.tensor([[1.0, 0.0]] * len(a))  # noqa: E731  every pair -> the same edit
+    txt = lambda t: torch.tensor([[1.0, 1.0]] * len(t))  # noqa: E731
+    assert M.ec2ec(enc, [0], [0], [0], [0])[0] == pytest.approx(1.0)
+    assert M.ec2t(enc, txt, [0], [0], ["x"])[0] == pytest.approx(2 ** -0.5)
