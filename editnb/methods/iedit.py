@@ -287,8 +287,10 @@ def edit(pipe, image, prompt: str, mask=None, strength: float = 0.7, guidance: f
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     z1 = diffusion.encode_image(pipe, image)
-    on_step, trace = None, None
-    if mask is not None:
+    trace = None
+    if mask is None:
+        on_step = None
+    else:
         m = torch.as_tensor(np.asarray(mask, np.float32))
         res = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         if m.ndim != 2 or tuple(m.shape) != (res, res):
