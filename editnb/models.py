@@ -147,12 +147,14 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
 
 
 def _quiet_loading() -> None:
-    """No per-file loading bars from diffusers/transformers: they clutter the chapters."""
+    """No per-file loading bars from diffusers/transformers, and only their errors: notices such
+    as the torchvision fallback of image processors clutter the chapters."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
 
 
 def clear_cache() -> None:
@@ -176,7 +178,7 @@ def _place_pipeline(pipe, device, dtype):
 def _load_sd(source, spec, device, dtype, local_only, profile):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=dtype, local_files_only=local_only,
+    pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_only,
                                                    safety_checker=None, requires_safety_checker=False)
     return _place_pipeline(pipe, device, dtype)
 
@@ -185,7 +187,7 @@ def _load_ip2p(source, spec, device, dtype, local_only, profile):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        source, torch_dtype=dtype, local_files_only=local_only, safety_checker=None, requires_safety_checker=False)
+        source, dtype=dtype, local_files_only=local_only, safety_checker=None, requires_safety_checker=False)
     return _place_pipeline(pipe, device, dtype)
 
 

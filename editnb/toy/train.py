@@ -88,7 +88,7 @@ def _load_frozen(name: str, device):
     folder = models_dir() / name
     try:
         if name == "toy-vae":
-            m = AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
+            m = AutoencoderKL.from_pretrained(str(folder), dtype=torch.float32)
         else:
             m = CLIPTextModel.from_pretrained(str(folder), dtype=torch.float32)
     except OSError as e:
@@ -249,7 +249,7 @@ class IP2PTask(SDTask):
         unet = arch.new_unet(in_channels=2 * arch.LATENT_CHANNELS)
         try:  # start from toy-sd, extra input channels zero-initialised, as InstructPix2Pix does
             sd = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet",
-                                                      torch_dtype=torch.float32)
+                                                      dtype=torch.float32)
         except OSError as e:
             raise RuntimeError("toy-sd is missing; train it first with `editnb toy train sd`") from e
         state = sd.state_dict()
@@ -287,7 +287,7 @@ class IPAdapterTask(SDTask):
         self.device, self.recipe, self.seed = device, recipe, seed
         folder = Path(tempfile.mkdtemp(prefix="editnb-ip-adapter-"))
         _write_initial_ip_adapter(folder)
-        pipe = StableDiffusionPipeline.from_pretrained(str(models_dir() / "toy-sd"), torch_dtype=torch.float32)
+        pipe = StableDiffusionPipeline.from_pretrained(str(models_dir() / "toy-sd"), dtype=torch.float32)
         pipe.load_ip_adapter(str(folder), subfolder="models", weight_name=IP_ADAPTER_WEIGHTS)
         pipe.to(device)
         self.pipe, self.tok, self.text_encoder, self.vae = pipe, pipe.tokenizer, pipe.text_encoder, pipe.vae
@@ -342,7 +342,7 @@ def _write_initial_ip_adapter(folder: Path) -> None:
 
     models = folder / "models"
     clip = _write_image_encoder(models / "image_encoder")
-    unet = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet", dtype=torch.float32)
     proj = ImageProjection(image_embed_dim=clip.config.projection_dim, cross_attention_dim=arch.TEXT_DIM,
                            num_image_text_embeds=4)
     state = {f"image_proj.{k.replace('image_embeds', 'proj')}": v for k, v in proj.state_dict().items()}
