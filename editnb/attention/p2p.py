@@ -10,9 +10,9 @@ the conditional half (as the official code does).
   source map, new tokens keep their own;
 - reweighting: scale the target's cross-attention of chosen words (``equalizer``);
 - self-attention replacement for the first ``self_replace`` fraction of steps;
-- local blend: a mask from the cross-attention of the blend words (P2P defaults: maps at a
-  quarter of the latent resolution, 3x3 max-pool, threshold 0.3) keeps the latent outside it
-  equal to the source branch.
+- local blend: a mask from the cross-attention of the blend words, accumulated over the steps
+  so far (P2P defaults: maps at a quarter of the latent resolution, 3x3 max-pool, threshold 0.3)
+  keeps the latent outside it equal to the source branch.
 """
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ class PromptToPrompt(Controller):
         self.blend_threshold, self.blend_start = blend_threshold, int(round(blend_start * steps))
         self.blend_resolution = blend_resolution
         self._blend_maps: list[torch.Tensor] = []
+        self._blend_sum: torch.Tensor | None = None
         self.last_mask: torch.Tensor | None = None
 
     # -- attention
@@ -176,14 +177,21 @@ class PromptToPrompt(Controller):
         if site.resolution == self._blend_res:
             self._blend_maps.append(cond_maps.mean(1).float())  # (B, q, keys), head-averaged
 
+    def reset(self):
+        super().reset()
+        self._blend_maps, self._blend_sum, self.last_mask = [], None, None
+
     def local_blend(self, i, t, latents):
         """``on_step`` hook: x_t <- x_src + mask * (x_t - x_src) for each target (P2P LocalBlend)."""
         if self.blend is None:
             return None
         maps, self._blend_maps = self._blend_maps, []
-        if i < self.blend_start or not maps:
+        if maps:  # accumulate over the steps so far, as P2P's LocalBlend reads its attention store
+            step_mean = torch.stack(maps).mean(0)
+            self._blend_sum = step_mean if self._blend_sum is None else self._blend_sum + step_mean
+        if i < self.blend_start or self._blend_sum is None:
             return None
-        m = torch.stack(maps).mean(0)  # (B, q, keys)
+        m = self._blend_sum  # (B, q, keys)
         r = int(m.shape[1] ** 0.5)
         m = (m * self.blend.to(m)[:, None, :]).sum(-1).reshape(-1, 1, r, r)
         m = F.max_pool2d(m, 3, stride=1, padding=1)
