@@ -217,7 +217,8 @@ def markdown(df) -> str:
     cols = list(df.columns)
     lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, row in df.iterrows():
-        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        cells = [str(int(v)) if c == "items" else f"{v:.2f}" if isinstance(v, float) else str(v)
+                 for c, v in zip(cols, row.tolist())]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

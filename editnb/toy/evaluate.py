@@ -205,8 +205,15 @@ def evaluate(n: int | None = None, only=None, json_path: str | None = None, upda
     results["eval_seconds"] = round(time.time() - t0, 1)
     results["sampling"] = dict(SAMPLING)
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=2))
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if only and path.exists():  # a partial evaluation updates the figures it measured
+            merged = json.loads(path.read_text())
+            seconds = merged.get("eval_seconds", 0) + results["eval_seconds"]
+            merged.update(results)
+            merged["eval_seconds"] = round(seconds, 1)
+            results = merged
+        path.write_text(json.dumps(results, indent=2))
     if update_cards:
         _update_cards(results)
     return results
