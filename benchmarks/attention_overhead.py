@@ -46,7 +46,7 @@ def main():
             diffusion.text_to_image(pipe, src, steps=args.steps, generator=rt.generator(0))
 
     def p2p():
-        prompt_to_prompt(pipe, src, tgt, steps=args.steps, generator=rt.generator(0), blend_words=("red", "blue"))
+        prompt_to_prompt(pipe, src, tgt, steps=args.steps, generator=rt.generator(0), blend_words=("circle", "circle"))
 
     base = timed(plain, args.repeats)
     rows = [("plain sampling", base), ("with AttentionStore", timed(stored, args.repeats)),

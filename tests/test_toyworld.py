@@ -74,7 +74,7 @@ def test_edit_texts():
     s = world.Scene((world.ToyObject("circle", "red", (0, 0)),), "white")
     e = world.recolor(s, "circle", "blue")
     assert (e.instruction, e.reverse_instruction, e.blend_words) == (
-        "make the circle blue", "make the circle red again", ("red", "blue"))
+        "make the circle blue", "make the circle red again", ("circle", "circle"))
     assert e.target_caption == "a blue circle on a white background"
     with pytest.raises(ValueError):
         world.random_edit(np.random.default_rng(0), world.Scene((), "white"), "remove")

@@ -47,7 +47,7 @@ RECIPES = {
     "vae": Recipe(steps=1200, batch_size=16, lr=1e-3),
     "clip": Recipe(steps=1200, batch_size=128, lr=5e-4, weight_decay=0.05),
     "sd": Recipe(steps=2400, batch_size=32, lr=5e-4, ema_decay=0.995),
-    "ip2p": Recipe(steps=1000, batch_size=32, lr=3e-4, ema_decay=0.995),
+    "ip2p": Recipe(steps=800, batch_size=32, lr=3e-4, ema_decay=0.995),
     "ip-adapter": Recipe(steps=150, batch_size=32, lr=5e-4),
 }
 

@@ -234,8 +234,10 @@ def _seed(split: str, index: int) -> int:
 class Edit:
     """An edit of a scene, with everything the papers' datasets carry.
 
-    ``blend_words`` is ``(source word, target word)`` as in PIE-Bench's ``blended_word``; a side
-    is ``""`` when the word does not exist there (the added object has no source word).
+    ``blend_words`` is ``(source word, target word)`` as in PIE-Bench's ``blended_word``: the
+    noun of the edited object in each caption ("circle", "triangle"; "background" for a background
+    edit); a side is ``""`` when the object does not exist there (an added object has no source
+    word).
     """
 
     kind: str
@@ -286,8 +288,10 @@ def recolor(scene: Scene, shape: str, color: str) -> Edit:
     if color == old.color or color in {o.color for o in scene.objects}:
         raise ValueError(f"cannot recolour the {shape} {color}: that colour is already in the scene")
     new = replace(old, color=color)
+    # blend words name the edited object (PIE-Bench's blended_word; P2P's local blend reads the
+    # noun's attention, which localises the object better than the colour word's)
     return Edit("recolor", scene, scene.replaced(old, new), f"make the {shape} {color}",
-                f"make the {shape} {old.color} again", (old.color, color), (old, new))
+                f"make the {shape} {old.color} again", (shape, shape), (old, new))
 
 
 def reshape(scene: Scene, shape: str, new_shape: str) -> Edit:
@@ -327,7 +331,7 @@ def change_background(scene: Scene, background: str) -> Edit:
         raise ValueError(f"the background is already {background}")
     target = Scene(scene.objects, background)
     return Edit("background", scene, target, f"change the background to {background}",
-                f"change the background back to {scene.background}", (scene.background, background))
+                f"change the background back to {scene.background}", ("background", "background"))
 
 
 def random_edit(rng: np.random.Generator, scene: Scene, kind: str | None = None) -> Edit:
