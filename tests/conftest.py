@@ -47,3 +47,13 @@ def random_ip2p(random_pipe):
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(autouse=True)
+def _restore_runtime():
+    """Tests that call editnb.setup() must not leave their choice to the tests after them."""
+    from editnb import runtime
+
+    saved = runtime._CURRENT
+    yield
+    runtime._CURRENT = saved
