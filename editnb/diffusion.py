@@ -121,7 +121,6 @@ def denoise(pipe, latents, cond, uncond=None, guidance=7.5, steps: int = 50, sch
     sched.set_timesteps(steps, device=latents.device)
     traj = [latents] if keep_trajectory else []
     g = torch.as_tensor(guidance, dtype=latents.dtype, device=latents.device).reshape(-1, 1, 1, 1)
-    n = latents.shape[0]
     for i, t in enumerate(sched.timesteps):
         if i < start:
             continue
@@ -145,7 +144,6 @@ def denoise(pipe, latents, cond, uncond=None, guidance=7.5, steps: int = 50, sch
                 latents = replaced
         if keep_trajectory:
             traj.append(latents)
-    assert latents.shape[0] == n
     return latents, traj
 
 

@@ -30,8 +30,7 @@ def test_all_folders_load_with_the_standard_classes():
     tok = CLIPTokenizer.from_pretrained(D / "toy-clip")
     assert clip.config.text_config.vocab_size == len(tok)
     pipe = StableDiffusionPipeline.from_pretrained(D / "toy-sd", safety_checker=None)
-    res = {s for s in (16, 8)}
-    assert pipe.unet.config.sample_size == 16 and len(pipe.unet.attn_processors) == 14 and res
+    assert pipe.unet.config.sample_size == 16 and len(pipe.unet.attn_processors) == 14
     ip2p = StableDiffusionInstructPix2PixPipeline.from_pretrained(D / "toy-ip2p", safety_checker=None)
     assert ip2p.unet.config.in_channels == 8
     pipe.load_ip_adapter(str(D / "toy-ip-adapter"), subfolder="models", weight_name="ip-adapter_toy.safetensors")

@@ -112,7 +112,8 @@ def retrieve_pseudo_targets(features, source_images, edit_prompts, pool_images, 
         for i, j in enumerate(exclude):
             if j is not None:
                 sims[i, j] = -float("inf")
-    return sims.topk(k, dim=-1).indices.cpu().numpy()[:, 0] if k == 1 else sims.topk(k, dim=-1).indices.cpu().numpy()
+    top = sims.topk(k, dim=-1).indices.cpu().numpy()
+    return top[:, 0] if k == 1 else top
 
 
 # ------------------------------------------------------------------ Sec. 3.3-3.4: the losses
