@@ -28,10 +28,14 @@ TARGETS = {
 SAMPLING = {"steps": 25, "guidance_scale": 5.0, "ip2p_text_guidance": 7.5, "ip2p_image_guidance": 1.5, "seed": 0}
 
 
+# fp32 everywhere; CUDA when present (the figures then differ from a CPU run in the last digits)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _load(name):
     from ..models import load
 
-    return load(name, profile="toy", device="cpu", dtype=torch.float32)
+    return load(name, profile="toy", device=str(DEVICE), dtype=torch.float32)
 
 
 def _images(arr) -> list[np.ndarray]:
@@ -42,7 +46,7 @@ def vae_psnr(n: int = 128) -> float:
     """Mean reconstruction PSNR (dB) of toy-vae on test scenes (posterior mean, no sampling)."""
     vae = _load("sd").vae
     scenes = [world.scene_for("test", i) for i in range(n)]
-    x = torch.stack([to_tensor(world.render(s)) for s in scenes])
+    x = torch.stack([to_tensor(world.render(s)) for s in scenes]).to(DEVICE)
     with torch.no_grad():
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     mse = ((rec - x) / 2).pow(2).mean((1, 2, 3))
@@ -58,11 +62,13 @@ def clip_top1(n: int = 150) -> float:
     correct = 0
     scenes = [world.scene_for("test", i, n_objects=1) for i in range(n)]
     with torch.no_grad():
-        img = model.get_image_features(pixel_values=torch.stack([to_tensor(world.render(s)) for s in scenes]))
+        pixels = torch.stack([to_tensor(world.render(s)) for s in scenes]).to(DEVICE)
+        img = model.get_image_features(pixel_values=pixels)
         img = F.normalize(_features(img), dim=-1)
         for bg in world.BACKGROUNDS:
             texts = [f"a {c} {s} on a {bg} background" for c, s in pairs]
             ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+            ids = ids.to(DEVICE)
             txt = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
             for k, sc in enumerate(scenes):
                 if sc.background != bg:
@@ -138,7 +144,7 @@ def xattn_iou(n: int = 40) -> float:
     for k, (scene, image) in enumerate(zip(scenes, images)):
         obj = scene.objects[0]
         idx = token_indices(pipe.tokenizer, captions[k], obj.shape)
-        m = maps[k, :, :, idx].mean(-1)[None, None]
+        m = maps[k, :, :, idx].mean(-1)[None, None].float().cpu()
         m = F.interpolate(m, size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         m = (m - m.min()) / (m.max() - m.min() + 1e-8)
         pred = (m > 0.5).numpy()
@@ -158,13 +164,13 @@ def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
     pipe = _load("ip-adapter")
     pipe.set_ip_adapter_scale(1.0)
     scenes = [world.scene_for("test", i) for i in range(n)]
-    pixels = torch.stack([to_tensor(world.render(s)) for s in scenes])
+    pixels = torch.stack([to_tensor(world.render(s)) for s in scenes]).to(DEVICE)
     with torch.no_grad():
         embeds = pipe.image_encoder(pixel_values=pixels).image_embeds[:, None]
     out = pipe([""] * n, ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
                num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"],
                generator=torch.Generator().manual_seed(3), output_type="np")
-    generated = torch.stack([to_tensor(im) for im in _images(out.images)])
+    generated = torch.stack([to_tensor(im) for im in _images(out.images)]).to(DEVICE)
     model, _ = _load("clip")
     with torch.no_grad():
         a = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)

@@ -105,8 +105,10 @@ class _Task:
 
     name: str
 
+    data_fn = staticmethod(scene_batch)  # (step, batch_size, seed) -> CPU batch; runs in loader workers
+
     def trainable(self) -> torch.nn.Module: ...
-    def loss(self, step: int, gen: torch.Generator) -> torch.Tensor: ...
+    def loss(self, batch, gen: torch.Generator) -> torch.Tensor: ...
     def export(self, module: torch.nn.Module, out: Path) -> None: ...
 
 
@@ -120,8 +122,8 @@ class VAETask(_Task):
     def trainable(self):
         return self.vae
 
-    def loss(self, step, gen):
-        images, _ = scene_batch(step, self.recipe.batch_size, self.seed)
+    def loss(self, batch, gen):
+        images, _ = batch
         images = images.to(self.device)
         posterior = self.vae.encode(images).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(self.device)
@@ -151,8 +153,8 @@ class CLIPTask(_Task):
     def trainable(self):
         return self.clip
 
-    def loss(self, step, gen):
-        images, captions = scene_batch(step, self.recipe.batch_size, self.seed)
+    def loss(self, batch, gen):
+        images, captions = batch
         ids = self.tok(captions, padding="max_length", max_length=self.tok.model_max_length,
                        truncation=True, return_tensors="pt").input_ids.to(self.device)
         # several scenes in a batch can share a caption: treat them all as positives
@@ -212,8 +214,8 @@ class SDTask(_Task):
         z = self.vae.encode(images.to(self.device)).latent_dist.sample()
         return z * self.vae.config.scaling_factor
 
-    def loss(self, step, gen):
-        images, captions = scene_batch(step, self.recipe.batch_size, self.seed)
+    def loss(self, batch, gen):
+        images, captions = batch
         drop = torch.rand(len(captions), generator=gen) < self.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop)]
         with torch.no_grad():
@@ -258,8 +260,10 @@ class IP2PTask(SDTask):
         unet.load_state_dict(state)
         return unet
 
-    def loss(self, step, gen):
-        src, tgt, instructions = edit_batch(step, self.recipe.batch_size, self.seed)
+    data_fn = staticmethod(edit_batch)
+
+    def loss(self, batch, gen):
+        src, tgt, instructions = batch
         r = torch.rand(len(instructions), generator=gen)
         drop_text = r < 2 * self.dropout
         drop_image = (r >= self.dropout) & (r < 3 * self.dropout)
@@ -305,8 +309,8 @@ class IPAdapterTask(SDTask):
     def trainable(self):
         return self.adapter
 
-    def loss(self, step, gen):
-        images, captions = scene_batch(step, self.recipe.batch_size, self.seed)
+    def loss(self, batch, gen):
+        images, captions = batch
         r = torch.rand(len(captions), generator=gen)
         captions = ["" if x < 0.05 else c for c, x in zip(captions, r)]
         with torch.no_grad():
@@ -385,6 +389,28 @@ TASKS = {"vae": VAETask, "clip": CLIPTask, "sd": SDTask, "ip2p": IP2PTask, "ip-a
 # ------------------------------------------------------------------ the loop
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """The batches of steps [start, end): item k is ``data_fn(start + k, ...)``, a pure function
+    of the step, so loader workers can render ToyWorld ahead of the GPU without changing the data."""
+
+    def __init__(self, data_fn, start: int, end: int, batch_size: int, seed: int):
+        self.data_fn, self.start, self.end, self.batch_size, self.seed = data_fn, start, end, batch_size, seed
+
+    def __len__(self):
+        return self.end - self.start
+
+    def __getitem__(self, k):
+        return self.data_fn(self.start + k, self.batch_size, self.seed)
+
+
+def _batches(task, start: int, end: int, recipe: Recipe, seed: int, workers: int):
+    data = _StepBatches(task.data_fn, start, end, recipe.batch_size, seed)
+    if workers == 0:
+        return (data[k] for k in range(len(data)))
+    return iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                            persistent_workers=False))
+
+
 def _lr_factor(step: int, recipe: Recipe) -> float:
     """Linear warm-up, then cosine decay to 10%."""
     if step < recipe.warmup:
@@ -395,8 +421,12 @@ def _lr_factor(step: int, recipe: Recipe) -> float:
 
 def train(model: str, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
           device: str | None = None, seed: int = 0, work_dir: str | Path = ".editnb-train",
-          checkpoint_minutes: float = 2.0, out_dir: str | Path | None = None, export: bool = True) -> dict:
+          checkpoint_minutes: float = 2.0, out_dir: str | Path | None = None, export: bool = True,
+          workers: int | None = None, ema_decay: float | None = None) -> dict:
     """Train one ToyWorld model; resume from ``work_dir`` if a checkpoint is there.
+
+    ``workers`` render ToyWorld batches in background processes (default: none on CPU, where the
+    cores are busy with the model; up to 8 on CUDA, where rendering would starve the GPU).
 
     Returns a summary (steps, final loss, wall time) that also goes into the model card.
     """
@@ -409,6 +439,8 @@ def train(model: str, steps: int | None = None, batch_size: int | None = None, l
         recipe.batch_size = batch_size
     if lr is not None:
         recipe.lr = lr
+    if ema_decay is not None:
+        recipe.ema_decay = ema_decay
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     task = TASKS[model](device, recipe, seed)
@@ -436,6 +468,14 @@ def train(model: str, steps: int | None = None, batch_size: int | None = None, l
                     "elapsed": elapsed, "history": history, "recipe": asdict(recipe)}, tmp)
         tmp.replace(ckpt_path)  # atomic: a kill never leaves a half-written checkpoint
 
+    if workers is None:
+        import os
+
+        workers = 0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    batches = _batches(task, step, recipe.steps, recipe, seed, workers)
     module.train()
     bar = progress(total=recipe.steps, initial=step, desc=f"train {model}")
     last_save = time.time()
@@ -444,7 +484,7 @@ def train(model: str, steps: int | None = None, batch_size: int | None = None, l
         for group in opt.param_groups:
             group["lr"] = recipe.lr * _lr_factor(step, recipe)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        loss = task.loss(step, gen)
+        loss = task.loss(next(batches), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
