@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="output folder (default: data/models/toy-MODEL)")
     tr.add_argument("--no-export", action="store_true", help="only train and checkpoint")
     tr.add_argument("--workers", type=int, help="data-rendering processes (default: 0 on CPU, up to 8 on CUDA)")
+    tr.add_argument("--init", help="continue from the UNet of this pipeline folder (sd, ip2p), e.g. data/models/toy-ip2p")
     tr.add_argument("--ema-decay", type=float, help="EMA decay of the exported weights (default: the recipe's)")
 
     bench = sub.add_parser("bench", help="benchmarks in the PIE-Bench format: build, run, tabulate")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = train(args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             device=args.device, seed=args.seed, work_dir=args.work_dir,
                             out_dir=args.out, export=not args.no_export, workers=args.workers,
-                            ema_decay=args.ema_decay)
+                            ema_decay=args.ema_decay, init=args.init)
             print(f"trained {args.model}: {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min, "
                   f"final loss {summary['final_loss']:.4f}")
         elif args.command == "toy" and args.toy_command == "eval":

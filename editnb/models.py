@@ -38,6 +38,8 @@ REGISTRY: dict[str, ModelSpec] = {
     "clip-b32": ModelSpec("clip", "openai/clip-vit-base-patch32", "toy-clip",
                           note="CLIP ViT-B/32 (MagicBrush's CLIP-I / CLIP-T); toy-clip in the toy profile"),
     "clipseg": ModelSpec("clipseg", "CIDAS/clipseg-rd64-refined", "toy-clipseg", note="text-prompted masks"),
+    "iedit": ModelSpec("iedit", "", "toy-iedit", note="iEdit fine-tune of the 'sd' UNet's input and middle blocks "
+                       "(the paper released no weights; train your own with editnb.methods.iedit)"),
     "ip-adapter": ModelSpec("ip-adapter", "h94/IP-Adapter", "toy-ip-adapter", sd15_file="models/ip-adapter_sd15.bin",
                             note="image prompt adapter for the 'sd' pipeline"),
     "blip": ModelSpec("blip", "Salesforce/blip-image-captioning-base", None,
@@ -88,6 +90,8 @@ def missing_offline(profile: str = "sd15") -> list[str]:
     missing = []
     for name, spec in REGISTRY.items():
         if profile == "sd15":
+            if not spec.sd15:
+                continue
             if not hub_reachable() and not hub_file_cached(spec.sd15, _probe_file(spec)):
                 missing.append(spec.sd15)
         elif spec.toy is not None and not (models_dir() / spec.toy).exists():
@@ -127,6 +131,9 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
                                f"(git checkout data/models) or can be retrained with `editnb toy train`")
         source, local_only = str(folder), True
     elif profile == "sd15":
+        if not spec.sd15:
+            raise RuntimeError(f"'{name}' has no public sd15 weights ({spec.note}); use the toy profile "
+                               "(editnb.setup(profile='toy')), which ships toy weights for it")
         source = spec.sd15
         local_only = not hub_reachable()
         if local_only and not hub_file_cached(spec.sd15, _probe_file(spec)):
@@ -233,6 +240,26 @@ def _load_ip_adapter(source, spec, device, dtype, local_only, profile):
     return pipe
 
 
+IEDIT_WEIGHTS = "iedit_unet_blocks.safetensors"
+
+
+def _load_iedit(source, spec, device, dtype, local_only, profile):
+    """A fresh copy of the toy 'sd' pipeline whose UNet input and middle blocks are replaced by
+    the iEdit fine-tune (the only parts iEdit trains, so the only parts the folder holds)."""
+    import torch
+    from safetensors.torch import load_file
+
+    pipe = _load_sd(str(models_dir() / _spec("sd").toy), spec, torch.device("cpu"), torch.float32, True, profile)
+    state = load_file(str(Path(source) / IEDIT_WEIGHTS))
+    unet_keys = set(pipe.unet.state_dict())
+    unknown = sorted(k for k in state if k not in unet_keys)
+    if unknown:
+        raise RuntimeError(f"{source} does not fit toy-sd's UNet (unknown keys such as {unknown[:3]}); "
+                           "retrain it with `editnb toy train iedit`")
+    pipe.unet.load_state_dict(state, strict=False)
+    return _place_pipeline(pipe.to(dtype=dtype), device, dtype)
+
+
 _LOADERS = {
     "sd-pipeline": _load_sd,
     "ip2p-pipeline": _load_ip2p,
@@ -241,4 +268,5 @@ _LOADERS = {
     "blip": _load_blip,
     "dino": _load_dino,
     "ip-adapter": _load_ip_adapter,
+    "iedit": _load_iedit,
 }

@@ -36,17 +36,41 @@ def test_all_folders_load_with_the_standard_classes():
     pipe.load_ip_adapter(str(D / "toy-ip-adapter"), subfolder="models", weight_name="ip-adapter_toy.safetensors")
     assert type(next(iter(pipe.unet.attn_processors.values()))).__name__.startswith("IPAdapter") or any(
         "IPAdapter" in type(p).__name__ for p in pipe.unet.attn_processors.values())
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    seg = CLIPSegForImageSegmentation.from_pretrained(D / "toy-clipseg")
+    assert seg.config.vision_config.image_size == 64 and CLIPSegProcessor.from_pretrained(D / "toy-clipseg")
+    iedit = models.load("iedit", profile="toy", device="cpu", dtype=torch.float32)
+    base = models.load("sd", profile="toy", device="cpu", dtype=torch.float32)
+    assert iedit is not base and iedit.unet is not base.unet
+    changed = [k for k, v in iedit.unet.state_dict().items() if not torch.equal(v, base.unet.state_dict()[k])]
+    assert changed and all(k.startswith(("conv_in", "time_embedding", "down_blocks", "mid_block")) for k in changed)
     assert (D / "eval.json").exists()
-    for name in ("toy-vae", "toy-clip", "toy-sd", "toy-ip2p", "toy-ip-adapter"):
+    for name in ("toy-vae", "toy-clip", "toy-sd", "toy-ip2p", "toy-ip-adapter", "toy-clipseg", "toy-iedit"):
         assert "wall time" in (D / name / "README.md").read_text()
-    size = sum(p.stat().st_size for p in D.rglob("*") if p.is_file())
-    assert size < 30 * 2 ** 20, f"data/models is {size / 2 ** 20:.1f} MB; keep it under 30 MB"
 
 
-@pytest.mark.parametrize("model", ["vae", "clip", "sd", "ip2p", "ip-adapter"])
-def test_training_smoke(model, tmp_path):
-    from editnb.toy.train import train
+def test_shipped_weights_are_stored_once_and_small():
+    import os
 
+    size = 0
+    for folder, dirs, files in os.walk(D):  # symbolic links are shared weights: count their targets once
+        size += sum(os.lstat(os.path.join(folder, f)).st_size for f in files
+                    if not os.path.islink(os.path.join(folder, f)))
+    assert size < 30 * 10 ** 6, f"data/models is {size / 1e6:.1f} MB; keep it under 30 MB"
+    for link in [p for p in D.rglob("*") if p.is_symlink()]:
+        assert link.exists() and not os.path.isabs(os.readlink(link)), f"{link} must be a relative, valid link"
+    for config in D.rglob("*.json"):
+        text = config.read_text()
+        assert '"/' not in text.replace('"/"', ""), f"{config} records an absolute path"
+
+
+@pytest.mark.parametrize("model", ["vae", "clip", "sd", "ip2p", "ip-adapter", "clipseg", "iedit"])
+def test_training_smoke(model, tmp_path, monkeypatch):
+    from editnb.toy.train import IEditTask, train
+
+    monkeypatch.setattr(IEditTask, "pairs", 16)
+    monkeypatch.setattr(IEditTask, "pool", 64)
     out = tmp_path / "out"
     s = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, checkpoint_minutes=0)
     assert s["steps"] == 2 and np.isfinite(s["final_loss"])
@@ -75,16 +99,15 @@ def test_word_map_of_circle_overlaps_the_circle(sd):
     assert better >= n - 1
 
 
-@pytest.mark.xfail(reason="known gap (issue 4 stays open): on the shipped toy-sd only about half of the swaps "
-                          "keep the square and recolour the circle", strict=False)
 def test_p2p_word_swap_keeps_the_scene_and_changes_the_word(sd):
     """On sources the model drew right (a red circle and a blue square), swapping 'red' for
-    'green' with full cross-attention replacement recolours the circle and keeps the square."""
+    'green' (cross-attention replaced for 80% of the steps, P2P's usual 0.4-0.8) recolours the circle and
+    keeps the square."""
     src = "a red circle and a blue square on a white background"
     tgt = "a green circle and a blue square on a white background"
     valid = ok = 0
     for seed in range(20):
-        r = prompt_to_prompt(sd, src, tgt, guidance=5.0, steps=20, generator=gen(seed), cross_replace=1.0,
+        r = prompt_to_prompt(sd, src, tgt, guidance=5.0, steps=20, generator=gen(seed), cross_replace=0.8,
                              self_replace=0.4, blend_words=("circle", "circle"))
         if oracle.read(r.images[0]).signature() != world.scene_signature(world.parse_caption(src)):
             continue  # the source itself came out wrong: nothing to judge
@@ -98,8 +121,6 @@ def test_p2p_word_swap_keeps_the_scene_and_changes_the_word(sd):
     assert valid >= 3 and ok >= valid - 1, f"{ok} of {valid} swaps kept the square and recoloured the circle"
 
 
-@pytest.mark.xfail(reason="known gap (issue 4 stays open): toy-sd's cross-attention is too diffuse for P2P's "
-                          "max-normalised 0.3 threshold, so the blend mask covers the whole image", strict=False)
 def test_local_blend_keeps_pixels_outside_the_mask(sd):
     src = "a red circle and a blue square on a white background"
     tgt = "a green circle and a blue square on a white background"

@@ -3,4 +3,4 @@ InstructPix2Pix).  Importing :func:`register_builtin` registers them with the be
 
 
 def register_builtin() -> None:
-    from . import baselines, lime  # noqa: F401  (registration happens at import)
+    from . import baselines, iedit, lime  # noqa: F401  (registration happens at import)

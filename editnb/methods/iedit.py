@@ -41,11 +41,43 @@ class EditPrompt:
 
     @property
     def difference(self) -> str:
-        """y^diff: the changed word, with the noun it describes when it is an adjective."""
-        words = self.prompt.split()
-        k = words.index(self.new)
-        nxt = words[k + 1] if k + 1 < len(words) else ""
-        return f"{self.new} {nxt}".strip() if self.new in world.COLORS or self.new in world.BACKGROUNDS else self.new
+        """y_2^diff: the changed word, with the noun it describes when it is an adjective."""
+        return difference_prompts(self.caption, self.prompt)[1]
+
+    @property
+    def source_difference(self) -> str:
+        """y_1^diff: the replaced word of the caption, with its noun when it is an adjective."""
+        return difference_prompts(self.caption, self.prompt)[0]
+
+
+def _is_adjective(word: str) -> bool:
+    if word in world.COLORS or word in world.BACKGROUNDS:
+        return True
+    try:
+        from nltk.corpus import wordnet as wn
+
+        return bool(wn.synsets(word, pos=wn.ADJ)) and not wn.synsets(word, pos=wn.NOUN)
+    except (ImportError, LookupError):
+        return False
+
+
+def difference_prompts(caption: str, prompt: str) -> tuple[str, str]:
+    """(y_1^diff, y_2^diff) of Sec. 3.4: the words where caption and edit prompt differ, each with
+    the noun it describes when it is an adjective ('red circle' / 'blue circle', 'circle' / 'square',
+    'white background' / 'gray background').  Empty when one side only adds words."""
+    import difflib
+
+    a, b = caption.replace(",", "").split(), prompt.replace(",", "").split()
+    out = [[], []]
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        for side, (words, lo, hi) in enumerate(((a, i1, i2), (b, j1, j2))):
+            span = words[lo:hi]
+            if span and _is_adjective(span[-1]) and hi < len(words):
+                span = span + [words[hi]]
+            out[side] += span
+    return " ".join(out[0]), " ".join(out[1])
 
 
 def toy_edit_prompt(caption: str, rng: np.random.Generator) -> EditPrompt:
@@ -114,6 +146,102 @@ def retrieve_pseudo_targets(features, source_images, edit_prompts, pool_images, 
                 sims[i, j] = -float("inf")
     top = sims.topk(k, dim=-1).indices.cpu().numpy()
     return top[:, 0] if k == 1 else top
+
+
+# ------------------------------------------------------------------ Sec. 3.4: masks from CLIPSeg
+
+
+@torch.no_grad()
+def clipseg_masks(clipseg, images, texts, threshold: float = 0.5, batch_size: int = 64) -> np.ndarray:
+    """Boolean masks (B, H, W) at the images' size for text queries (CLIPSeg, thresholded
+    probabilities).  `clipseg` is the ``(model, processor)`` pair of ``load("clipseg")``; an empty
+    query gives an empty mask."""
+    from ..images import to_numpy
+
+    model, processor = clipseg
+    arrays = [to_numpy(im) for im in images]
+    texts = list(texts)
+    if len(arrays) != len(texts):
+        raise ValueError(f"clipseg_masks needs one query per image, got {len(arrays)} images and {len(texts)} queries")
+    out = np.zeros((len(arrays),) + arrays[0].shape[:2], bool) if arrays else np.zeros((0, 0, 0), bool)
+    for lo in range(0, len(arrays), batch_size):
+        chunk, queries = arrays[lo:lo + batch_size], texts[lo:lo + batch_size]
+        inputs = processor(text=[q or "nothing" for q in queries], images=chunk, padding="max_length",
+                           return_tensors="pt")
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        logits = model(**inputs).logits.float()
+        logits = logits.reshape(len(chunk), *logits.shape[-2:])
+        probs = F.interpolate(logits[:, None].sigmoid(), size=chunk[0].shape[:2], mode="bilinear",
+                              align_corners=False)[:, 0].cpu().numpy()
+        out[lo:lo + len(chunk)] = (probs > threshold) & np.array([bool(q) for q in queries])[:, None, None]
+    return out
+
+
+# ------------------------------------------------------------------ the pseudo-paired training set
+
+
+@dataclass
+class PairedSet:
+    """Sec. 3.1 + 3.4: sources x_1, pseudo-targets x_2 (uint8), captions y_1, edit prompts y_2,
+    difference prompts, CLIPSeg masks M_1, M_2 (bool, image size), and the pool index of x_2."""
+
+    sources: np.ndarray
+    targets: np.ndarray
+    captions: list
+    prompts: list
+    source_differences: list
+    target_differences: list
+    m1: np.ndarray
+    m2: np.ndarray
+    target_index: np.ndarray
+
+    def __len__(self):
+        return len(self.captions)
+
+
+def build_paired_set(features, clipseg, sources, captions, pool, rng: np.random.Generator,
+                     edit_prompt_fn=toy_edit_prompt, pool_features=None) -> PairedSet:
+    """Caption -> edit prompt -> pseudo-target retrieved by the mean embedding -> CLIPSeg masks of
+    the difference prompts on source and pseudo-target.  `pool` is a uint8 array (P, H, W, 3)."""
+    edits = [edit_prompt_fn(c, rng) for c in captions]
+    prompts = [e.prompt for e in edits]
+    if pool_features is None:
+        pool_features = _image_features(features, pool)
+    idx = retrieve_pseudo_targets(features, list(sources), prompts, pool_features)
+    targets = np.asarray(pool)[idx]
+    diffs = [difference_prompts(c, p) for c, p in zip(captions, prompts)]
+    m1 = clipseg_masks(clipseg, list(sources), [d[0] for d in diffs])
+    m2 = clipseg_masks(clipseg, list(targets), [d[1] for d in diffs])
+    return PairedSet(np.asarray(sources), targets, list(captions), prompts, [d[0] for d in diffs],
+                     [d[1] for d in diffs], m1, m2, idx)
+
+
+def _image_features(features, images, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([features.images(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def toy_paired_set(n: int, pool_size: int, seed: int = 0, features=None, clipseg=None) -> PairedSet:
+    """The ToyWorld version of the LAION-edit set: n training scenes with their exact captions, a
+    pool of `pool_size` other training scenes to retrieve pseudo-targets from."""
+    from ..metrics import clip_features
+    from ..models import load
+
+    features = features or clip_features("clip", profile="toy")
+    clipseg = clipseg or load("clipseg", profile="toy")
+    scenes = [world.scene_for("train", 5_000_000 + seed * 100_000 + i) for i in range(n)]
+    pool = np.stack([world.render(world.scene_for("train", 6_000_000 + seed * 100_000 + j)) for j in range(pool_size)])
+    sources = np.stack([world.render(s) for s in scenes])
+    return build_paired_set(features, clipseg, sources, [s.caption for s in scenes], pool,
+                            np.random.default_rng(seed))
+
+
+def pseudo_target_accuracy(paired: PairedSet) -> float:
+    """How often the oracle reads the pseudo-target as the edit prompt says (objects, colours and
+    background; positions are free, as for LAION's retrieved pairs)."""
+    from ..toy import oracle
+
+    return float(np.mean([oracle.caption_agreement(t, p) for t, p in zip(paired.targets, paired.prompts)]))
 
 
 # ------------------------------------------------------------------ Sec. 3.3-3.4: the losses
@@ -321,3 +449,37 @@ def edit(pipe, image, prompt: str, mask=None, strength: float = 0.7, guidance: f
     result = diffusion.Result(diffusion.decode(pipe, z), z)
     result.trace = trace
     return result
+
+
+# ------------------------------------------------------------------ benchmark registration
+
+
+def mask_for_item(clipseg, image, source_prompt: str, target_prompt: str):
+    """iEdit-M's inference mask: CLIPSeg of the source on y_1^diff (or on y_2^diff when the edit
+    only adds words); None when CLIPSeg finds nothing, and the edit runs unmasked."""
+    y1, y2 = difference_prompts(source_prompt, target_prompt)
+    query = y1 or " ".join(w for w in y2.split() if w not in ("a", "an", "and", "the"))
+    if not query:
+        return None
+    mask = clipseg_masks(clipseg, [image], [query])[0]
+    return mask if mask.any() else None
+
+
+def _register():
+    from ..bench.runner import register
+
+    @register("iedit", needs=("target_prompt",), models=("iedit",))
+    def run_iedit(ctx, item, generator, steps, strength: float = 0.6, guidance: float = 7.5):
+        """iEdit (Bodur et al. 2024): the fine-tuned model, SDEdit-style at strength 0.6."""
+        return edit(ctx.model("iedit"), item.image, item.target_prompt, strength=strength, guidance=guidance,
+                    steps=steps, generator=generator).image
+
+    @register("iedit-m", needs=("source_prompt", "target_prompt"), models=("iedit", "clipseg"))
+    def run_iedit_m(ctx, item, generator, steps, strength: float = 0.6, guidance: float = 7.5):
+        """iEdit-M: iEdit with CLIPSeg's mask of the difference words and Eq. 13 at every step."""
+        mask = mask_for_item(ctx.model("clipseg"), item.image, item.source_prompt, item.target_prompt)
+        return edit(ctx.model("iedit"), item.image, item.target_prompt, mask=mask, strength=strength,
+                    guidance=guidance, steps=steps, generator=generator).image
+
+
+_register()

@@ -101,3 +101,33 @@ def new_scheduler():
         steps_offset=1,
         prediction_type="epsilon",
     )
+
+
+def new_clipseg(clip):
+    """CLIPSegForImageSegmentation on top of a trained toy-clip (copied in; CLIPSeg keeps its CLIP
+    frozen): FiLM-conditioned decoder over all three vision layers, 8x8 patches -> 64x64 logits."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    vision = clip.config.vision_config
+    config = CLIPSegConfig(
+        text_config=clip.config.text_config.to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=clip.config.projection_dim,
+        extract_layers=list(range(vision.num_hidden_layers)),
+        reduce_dim=64,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=256,
+        conditional_layer=0,
+        use_complex_transposed_convolution=False,
+    )
+    model = CLIPSegForImageSegmentation(config)
+    model.clip.load_state_dict(clip.state_dict())
+    return model
+
+
+def new_clipseg_processor(tokenizer):
+    from transformers import CLIPSegProcessor, ViTImageProcessor
+
+    image_processor = ViTImageProcessor(do_resize=True, size={"height": RESOLUTION, "width": RESOLUTION},
+                                        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=3)
+    return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -87,3 +87,37 @@ def collate(items: list[dict]) -> dict:
         values = [it[key] for it in items]
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
+
+
+def segmentation_example(scene: world.Scene, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """A text query about a scene and its exact mask: the pairs toy-clipseg learns from.
+
+    The queries are the phrases iEdit's difference prompts are made of: 'red circle' or 'circle'
+    (the object), 'green background' (everything but the objects), and, one time in six, an object
+    that is not in the scene (an empty mask), so the model learns to say 'nothing here'."""
+    r = rng.random()
+    res = world.RESOLUTION
+    if r < 1 / 6 or not scene.objects:
+        present = {(o.color, o.shape) for o in scene.objects}
+        absent = [(c, s) for c in world.COLORS for s in world.SHAPES if (c, s) not in present]
+        c, s = absent[int(rng.integers(len(absent)))]
+        return f"{c} {s}", np.zeros((res, res), bool)
+    if r < 1 / 3:
+        return f"{scene.background} background", ~world.foreground_mask(scene)
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    query = obj.phrase if rng.random() < 0.6 else obj.shape
+    return query, world.object_mask(obj)
+
+
+def segmentation_batch(step: int, batch_size: int, seed: int = 0):
+    """Images (B, 3, H, W) in [-1, 1], queries, masks (B, H, W) of training step `step`."""
+    start = (seed * 7919 + step * batch_size) % 9_000_000
+    rng = np.random.default_rng([seed, step])
+    images, queries, masks = [], [], []
+    for i in range(batch_size):
+        scene = world.scene_for("train", start + i)
+        query, mask = segmentation_example(scene, rng)
+        images.append(to_tensor(world.render(scene)))
+        queries.append(query)
+        masks.append(torch.from_numpy(mask))
+    return torch.stack(images), queries, torch.stack(masks).float()

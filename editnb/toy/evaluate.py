@@ -24,6 +24,7 @@ TARGETS = {
     "ip2p_success": (">=", 0.75),
     "ip2p_bg_psnr": (">=", 24.0),
     "xattn_iou": (">=", 0.4),
+    "clipseg_iou": (">=", 0.6),
 }
 SAMPLING = {"steps": 25, "guidance_scale": 5.0, "ip2p_text_guidance": 7.5, "ip2p_image_guidance": 1.5, "seed": 0}
 
@@ -181,6 +182,26 @@ def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
     return {"ip_adapter_sim": matched, "ip_adapter_sim_unrelated": unrelated}
 
 
+def clipseg_scores(n: int = 200) -> dict[str, float]:
+    """toy-clipseg on held-out scenes: mean IoU of the thresholded mask (probability > 0.5) with the
+    exact mask for queries of present objects and backgrounds, and the fraction of queries of absent
+    objects answered with (almost) nothing (under 2% of the image)."""
+    from ..methods.iedit import clipseg_masks
+    from .data import segmentation_example
+
+    rng = np.random.default_rng(11)
+    scenes = [world.scene_for("test", 20_000 + i) for i in range(n)]
+    examples = [segmentation_example(s, rng) for s in scenes]
+    pred = clipseg_masks(_load("clipseg"), [world.render(s) for s in scenes], [q for q, _ in examples])
+    ious, empty_ok = [], []
+    for p, (_, true) in zip(pred, examples):
+        if true.any():
+            ious.append((p & true).sum() / max(1, (p | true).sum()))
+        else:
+            empty_ok.append(p.mean() < 0.02)
+    return {"clipseg_iou": float(np.mean(ious)), "clipseg_absent_ok": float(np.mean(empty_ok))}
+
+
 METRICS = {
     "vae_psnr": lambda n: {"vae_psnr": vae_psnr(n or 128)},
     "clip_top1": lambda n: {"clip_top1": clip_top1(n or 150)},
@@ -189,11 +210,13 @@ METRICS = {
     "ip2p": lambda n: ip2p_scores(n or 60),
     "xattn_iou": lambda n: {"xattn_iou": xattn_iou(n or 40)},
     "ip_adapter": lambda n: ip_adapter_similarity(n or 40),
+    "clipseg": lambda n: clipseg_scores(n or 200),
 }
 CARD_KEYS = {
     "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
     "toy-ip2p": ["ip2p_success", "ip2p_bg_psnr", "ip2p_success_by_kind"],
     "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated"],
+    "toy-clipseg": ["clipseg_iou", "clipseg_absent_ok"],
 }
 
 
