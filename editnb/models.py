@@ -257,7 +257,9 @@ def _load_iedit(source, spec, device, dtype, local_only, profile):
         raise RuntimeError(f"{source} does not fit toy-sd's UNet (unknown keys such as {unknown[:3]}); "
                            "retrain it with `editnb toy train iedit`")
     pipe.unet.load_state_dict(state, strict=False)
-    return _place_pipeline(pipe.to(dtype=dtype), device, dtype)
+    if dtype is not None and dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    return _place_pipeline(pipe, device, dtype)
 
 
 _LOADERS = {
