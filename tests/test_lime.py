@@ -18,3 +18,21 @@ def test_roi_overlaps_the_true_edit_mask_on_recolour_edits():
         scale = e.mask().shape[0] // loc.roi.shape[0]
         ious.append(metrics.mask_iou(np.kron(loc.roi, np.ones((scale, scale))).astype(bool), e.mask()))
     assert np.mean(ious) > 0.45, f"mean RoI IoU {np.mean(ious):.2f} over 50 recolour edits"
+
+
+def test_lime_changes_less_outside_the_mask_than_ip2p_on_removal_edits():
+    """IP2P (s_T = 7.5) vs IP2P + LIME (its defaults) on the same seeds, 12 held-out removal edits:
+    plain IP2P sometimes repaints the whole image; LIME confines it.  Measured mean change outside
+    the true mask: 14.6 vs 9.7 grey levels (LIME lower on 9 of 12); asserted with margin."""
+    from editnb import diffusion
+
+    pipe = models.load("ip2p", profile="toy", device="cpu", dtype=torch.float32)
+    plain, limed = [], []
+    for i in range(12):
+        e = world.edit_for("test", 50 + i, kind="remove")
+        src, outside = e.source_image(), ~e.mask()
+        a = diffusion.instruct_pix2pix(pipe, src, e.instruction, steps=20, generator=torch.Generator().manual_seed(i)).image
+        b = lime.edit(pipe, src, e.instruction, steps=20, generator=torch.Generator().manual_seed(i))[0]
+        plain.append(np.abs(np.asarray(a, float) - src)[outside].mean())
+        limed.append(np.abs(np.asarray(b, float) - src)[outside].mean())
+    assert np.mean(limed) < 0.8 * np.mean(plain), f"outside the mask: LIME {np.mean(limed):.2f} vs IP2P {np.mean(plain):.2f}"

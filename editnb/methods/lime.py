@@ -69,6 +69,7 @@ class Localisation:
     chosen: list                    # chosen cluster ids
     relevant_words: list
     first_pass: object = None       # the first pass's edited image (plain IP2P at s_T = 5.5)
+    features: np.ndarray | None = None  # (S*S, C) the clustered features, kept for re-clustering
 
 
 class _FeatureCollector(AttentionStore):
@@ -149,17 +150,31 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
         if w in words:
             token_maps[w] = _unit(total[pos].mean(0).numpy())
     attention = _unit(total[tokens].mean(0).numpy())
-    # the cluster(s) holding the highest-attention pixels
-    order = np.argsort(attention.ravel())[::-1]
+    roi, chosen = _choose_roi(segments, attention, top_clusters)
+    return Localisation(segments, by_res, attention, token_maps, roi, chosen, words, first.image, flat)
+
+
+def _choose_roi(segments: np.ndarray, attention: np.ndarray, top_clusters: int) -> tuple[np.ndarray, list]:
+    """The cluster(s) holding the highest-attention pixels."""
     chosen: list[int] = []
-    for idx in order:
+    for idx in np.argsort(attention.ravel())[::-1]:
         c = int(segments.ravel()[idx])
         if c not in chosen:
             chosen.append(c)
         if len(chosen) == top_clusters:
             break
-    roi = np.isin(segments, chosen)
-    return Localisation(segments, by_res, attention, token_maps, roi, chosen, words, first.image)
+    return np.isin(segments, chosen), chosen
+
+
+def recluster(loc: Localisation, n_clusters: int = 8, clustering: str = "kmeans", distance_threshold: float = 0.5,
+              top_clusters: int = 1, seed: int = 0) -> Localisation:
+    """The same localisation pass with another clustering (the ablations of Table 4 / Sec. A.7.2)
+    without running the editor again: re-cluster the kept features, re-pick the RoI."""
+    size = loc.segments.shape[0]
+    segments = cluster(loc.features, n_clusters, clustering, distance_threshold, seed).reshape(size, size)
+    roi, chosen = _choose_roi(segments, loc.attention, top_clusters)
+    return Localisation(segments, loc.segments_by_resolution, loc.attention, loc.token_maps, roi, chosen,
+                        loc.relevant_words, loc.first_pass, loc.features)
 
 
 def _unit(m: np.ndarray) -> np.ndarray:
