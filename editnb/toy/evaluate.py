@@ -202,6 +202,19 @@ def clipseg_scores(n: int = 200) -> dict[str, float]:
     return {"clipseg_iou": float(np.mean(ious)), "clipseg_absent_ok": float(np.mean(empty_ok))}
 
 
+def iedit_scores(n: int = 15) -> dict:
+    """The Table 1 columns of iEdit on held-out ToyWorld edits (recolour, reshape, background;
+    strength 0.6, guidance 7.5): SDEdit with toy-sd vs iEdit and iEdit-M with toy-iedit."""
+    from ..methods import iedit
+    from ..metrics import ClipFeatures
+
+    methods = iedit.toy_methods(_load("sd"), _load("iedit"), _load("clipseg"), strength=0.6, steps=SAMPLING["steps"])
+    rows = iedit.compare_on_toy(methods, iedit.toy_edits(n), ClipFeatures(*_load("clip")))["rows"]
+    columns = {"iedit_clipscore": "CLIPScore", "iedit_toy_fid": "toy-FID", "iedit_ssim_m": "SSIM-M",
+               "iedit_ssim_m_bar": "SSIM-M-bar", "iedit_success": "oracle success"}
+    return {key: {m: r[col] for m, r in rows.items()} for key, col in columns.items()}
+
+
 METRICS = {
     "vae_psnr": lambda n: {"vae_psnr": vae_psnr(n or 128)},
     "clip_top1": lambda n: {"clip_top1": clip_top1(n or 150)},
@@ -211,12 +224,14 @@ METRICS = {
     "xattn_iou": lambda n: {"xattn_iou": xattn_iou(n or 40)},
     "ip_adapter": lambda n: ip_adapter_similarity(n or 40),
     "clipseg": lambda n: clipseg_scores(n or 200),
+    "iedit": lambda n: iedit_scores(n or 15),
 }
 CARD_KEYS = {
     "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
     "toy-ip2p": ["ip2p_success", "ip2p_bg_psnr", "ip2p_success_by_kind"],
     "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated"],
     "toy-clipseg": ["clipseg_iou", "clipseg_absent_ok"],
+    "toy-iedit": ["iedit_clipscore", "iedit_toy_fid", "iedit_ssim_m", "iedit_ssim_m_bar", "iedit_success"],
 }
 
 
