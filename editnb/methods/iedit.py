@@ -199,6 +199,17 @@ class PairedSet:
     def __len__(self):
         return len(self.captions)
 
+    def batch(self, idx):
+        """Items `idx` as training tensors: x_1, x_2 (B, 3, H, W) in [-1, 1], M_1, M_2 (B, 1, H, W),
+        edit prompts y_2 and target difference prompts y_2^diff (the edit prompt where it is empty)."""
+        from ..toy.data import to_tensor
+
+        idx = np.asarray(idx)
+        images = lambda a: torch.stack([to_tensor(x) for x in a[idx]])  # noqa: E731
+        masks = lambda m: torch.from_numpy(m[idx]).float()[:, None]      # noqa: E731
+        return (images(self.sources), images(self.targets), masks(self.m1), masks(self.m2),
+                [self.prompts[i] for i in idx], [self.target_differences[i] or self.prompts[i] for i in idx])
+
 
 def build_paired_set(features, clipseg, sources, captions, pool, rng: np.random.Generator,
                      edit_prompt_fn=toy_edit_prompt, pool_features=None) -> PairedSet:

@@ -156,3 +156,12 @@ def psnr_outside(image, reference, mask: np.ndarray) -> float:
 def preservation(image, edit: world.Edit) -> float:
     """PSNR outside the edit mask between the image and the edit's source render."""
     return psnr_outside(image, edit.source_image(_as_array(image).shape[0]), edit.mask(_as_array(image).shape[0]))
+
+
+def change_outside(image, edit: world.Edit) -> float:
+    """Mean absolute change (grey levels, 0-255) from the edit's source outside its mask: how much
+    an edit leaked into what it should have left alone."""
+    a = _as_array(image).astype(np.float64)
+    size = a.shape[0]
+    keep = ~edit.mask(size)
+    return float(np.abs(a - edit.source_image(size))[keep].mean())

@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -448,6 +450,7 @@ class IEditTask(_Task):
         from ..methods import iedit
         from ..models import load
 
+        # a private fp32 copy of toy-sd to fine-tune (models.load's cached pipeline is shared)
         self.device, self.recipe, self.seed, self.iedit = device, recipe, seed, iedit
         pipe = StableDiffusionPipeline.from_pretrained(str(models_dir() / "toy-sd"), dtype=torch.float32,
                                                        safety_checker=None, requires_safety_checker=False)
@@ -471,19 +474,14 @@ class IEditTask(_Task):
         print(f"iEdit paired set: {self.dataset_stats}")
 
     def data_fn(self, step, batch_size, seed):
-        rng = np.random.default_rng([seed, step])
-        idx = rng.choice(len(self.paired), size=batch_size, replace=False)
-        p = self.paired
-        images = lambda a: torch.stack([to_tensor(x) for x in a[idx]])  # noqa: E731
-        masks = lambda m: torch.from_numpy(m[idx]).float()[:, None]      # noqa: E731
-        return (images(p.sources), images(p.targets), masks(p.m1), masks(p.m2), step,
-                [p.prompts[i] for i in idx], [p.target_differences[i] or p.prompts[i] for i in idx])
+        idx = np.random.default_rng([seed, step]).choice(len(self.paired), size=batch_size, replace=False)
+        return step, self.paired.batch(idx)
 
     def trainable(self):
         return self.unet
 
     def loss(self, batch, gen):
-        x1, x2, m1, m2, step, prompts, differences = batch
+        step, (x1, x2, m1, m2, prompts, differences) = batch
         active = self.groups[step % 2]  # input blocks on even steps, the middle block on odd ones
         for group in self.groups:
             for p in group:
@@ -599,8 +597,6 @@ def train(model: str, steps: int | None = None, batch_size: int | None = None, l
         tmp.replace(ckpt_path)  # atomic: a kill never leaves a half-written checkpoint
 
     if workers is None:
-        import os
-
         workers = 0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -689,8 +685,6 @@ def share_weights(root: Path | None = None) -> None:
         return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
     def link(path: Path, target: Path) -> None:
-        import os
-
         if path.is_symlink() or not same_tensors(path, target):
             return
         path.unlink()
@@ -701,8 +695,6 @@ def share_weights(root: Path | None = None) -> None:
         vae = root / pipe / "vae"
         if vae.is_dir() and not vae.is_symlink() and same_tensors(vae / "diffusion_pytorch_model.safetensors",
                                                                 root / "toy-vae" / "diffusion_pytorch_model.safetensors"):
-            import shutil
-
             shutil.rmtree(vae)
             vae.symlink_to("../toy-vae")
     link(root / "toy-ip-adapter" / "models" / "image_encoder" / "model.safetensors", clip / "model-vision.safetensors")
