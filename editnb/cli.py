@@ -47,13 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     br = bsub.add_parser("run", help="run one method over a benchmark (resumable; shard with accelerate launch)")
     br.add_argument("--method", required=True, help="a registered method: sdedit, ip2p, p2p, ...")
-    br.add_argument("--data", default="data/bench/toy-pie", help="PIE-Bench-format folder (default: data/bench/toy-pie)")
-    br.add_argument("--out", required=True, help="results folder (images/, rows/)")
+    br.add_argument("--data", help="PIE-Bench-format folder (default: the shipped toy benchmark, data/bench/toy-pie "
+                    "of the package, wherever you run from)")
+    br.add_argument("--out", required=True, help="results folder (images/, rows/); it holds one run: a re-run with "
+                    "another method, options, steps, seed, profile or data is refused")
     br.add_argument("--steps", type=int, default=25)
     br.add_argument("--seed", type=int, default=0)
-    br.add_argument("--limit", type=int, help="only the first N items")
+    br.add_argument("--limit", type=int, help="only the first N items (N >= 1)")
     br.add_argument("--types", nargs="*", help="editing types to keep (PIE-Bench ids 0-9)")
-    br.add_argument("--profile", choices=["toy", "sd15"], help="model profile (default: auto)")
+    br.add_argument("--profile", choices=["toy", "sd15"], help="model profile (default: EDITNB_PROFILE, else auto)")
+    br.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a method option, e.g. --option strength=0.7 (repeatable; values read as JSON)")
     bt = bsub.add_parser("table", help="put several runs side by side (markdown; --plot PNG)")
     bt.add_argument("dirs", nargs="+")
     bt.add_argument("--plot", help="also save a bar chart to this PNG")
@@ -109,8 +113,11 @@ def _bench(args) -> None:
     from .bench import data, runner
 
     if args.bench_command == "run":
-        s = runner.run(args.method, args.data, args.out, steps=args.steps, seed=args.seed, limit=args.limit,
-                       profile=args.profile, types=args.types)
+        from .runtime import data_dir
+
+        data_path = args.data if args.data is not None else data_dir() / "bench" / "toy-pie"
+        s = runner.run(args.method, data_path, args.out, steps=args.steps, seed=args.seed, limit=args.limit,
+                       profile=args.profile, types=args.types, options=_options(args.option))
         print(runner.markdown(runner.table([args.out])))
         print(f"{s['items']}/{s['of']} items done; {s['wall_seconds_this_run']:.0f} s in this run")
     elif args.bench_command == "table":
@@ -124,3 +131,19 @@ def _bench(args) -> None:
     elif args.bench_command == "toy-magicbrush":
         out = data.write_toy_magicbrush(args.out, seed=args.seed)
         print(f"wrote the single- and multi-turn splits to {out}")
+
+
+def _options(pairs: list[str]) -> dict:
+    """``["strength=0.7", "mode=refine"]`` -> ``{"strength": 0.7, "mode": "refine"}`` (JSON values, else text)."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option takes NAME=VALUE, got {pair!r}")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out

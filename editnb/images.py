@@ -8,9 +8,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 def load_image(image) -> Image.Image:
-    """A path, PIL image, array (H, W[, C]) or tensor (C, H, W) in [-1, 1] -> RGB PIL image.
+    """A path, PIL image, array (H, W[, C]) or tensor (C, H, W) / (1, C, H, W) -> RGB PIL image.
 
-    RGBA is composited on white, greyscale and palette images are converted to RGB.
+    Arrays are uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1]; float tensors are in
+    [-1, 1] (the VAE's range, what :func:`pil_to_tensor` gives), uint8 tensors in [0, 255].
+    RGBA is composited on white; greyscale (8- or 16-bit) and palette images become RGB.
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -27,6 +29,17 @@ def load_image(image) -> Image.Image:
     elif isinstance(image, np.ndarray):
         pil = _array_to_pil(image)
     elif _is_tensor(image):
+        if image.ndim == 4 and image.shape[0] != 1:
+            raise ValueError(f"a batch of {image.shape[0]} images (tensor of shape {tuple(image.shape)}) where one "
+                             "image is expected; pass them one at a time (tensor[k]) or as a list")
+        image = image[0] if image.ndim == 4 else image
+        if image.is_floating_point() and image.numel() and float(image.min()) >= 0 and float(image.max()) <= 1:
+            import warnings
+
+            # decoded images are never this bright in practice; a [0, 1] tensor would come out washed out
+            warnings.warn(f"the image tensor has no negative values (range [0, {float(image.max()):.3g}]): editnb "
+                          "reads float tensors as [-1, 1]; if it is in [0, 1], convert it with x * 2 - 1",
+                          stacklevel=2)
         return tensor_to_pil(image)
     else:
         raise ValueError(f"cannot make an image from a {type(image).__name__}; pass a path, a PIL image, "
@@ -47,6 +60,9 @@ def _is_tensor(x) -> bool:
 def _to_rgb(pil: Image.Image) -> Image.Image:
     if pil.mode == "RGB":
         return pil
+    if pil.mode.startswith("I") or pil.mode == "F":
+        # PIL's own conversion clips these modes at 255, which turns a 16-bit greyscale PNG white
+        return _array_to_pil(_wide_grey(np.asarray(pil), pil.mode)).convert("RGB")
     if pil.mode == "P":
         pil = pil.convert("RGBA")
     if pil.mode in ("RGBA", "LA"):
@@ -54,6 +70,24 @@ def _to_rgb(pil: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     return pil.convert("RGB")
+
+
+def _wide_grey(arr: np.ndarray, mode: str) -> np.ndarray:
+    """A greyscale image of PIL mode I;16*, I (32-bit int) or F as uint8."""
+    if mode.startswith("I;16"):
+        return _from_uint16(arr.astype(np.uint16))
+    lo, hi = float(arr.min()), float(arr.max())
+    if mode == "F" and lo >= 0 and hi <= 1:
+        return np.rint(arr * 255).astype(np.uint8)
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"a greyscale image of mode {mode} with values in [{lo:.6g}, {hi:.6g}]; "
+                         "save it as 8- or 16-bit (values in [0, 255] or [0, 65535])")
+    # mode I holds 16-bit PNGs on older Pillow; values above 255 can only be 16-bit data
+    return _from_uint16(arr.astype(np.uint16)) if hi > 255 else arr.astype(np.uint8)
+
+
+def _from_uint16(arr: np.ndarray) -> np.ndarray:
+    return np.rint(arr.astype(np.float32) / 257.0).astype(np.uint8)
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -75,8 +109,11 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
             raise ValueError(f"float image arrays must be in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
                              "(for uint8 data pass dtype uint8)")
         arr = np.rint(np.clip(arr, 0, 1) * 255).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = _from_uint16(arr)
     elif arr.dtype != np.uint8:
-        raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8 in [0, 255] or float in [0, 1]")
+        raise ValueError(f"unsupported image dtype {arr.dtype}; use uint8 in [0, 255], uint16 in [0, 65535] "
+                         "or float in [0, 1]")
     return Image.fromarray(np.ascontiguousarray(arr))  # mode L, RGB or RGBA from the shape
 
 
@@ -125,17 +162,92 @@ def pil_to_tensor(image, size: int | None = None):
     return torch.from_numpy(arr).permute(2, 0, 1)[None]
 
 
+#: how far a float tensor may overshoot [-1, 1] and still be clamped (VAE decodes overshoot a little)
+TENSOR_SLACK = 0.1
+
+
 def tensor_to_pil(tensor) -> Image.Image | list[Image.Image]:
-    """Float tensor (3, H, W) or (B, 3, H, W) in [-1, 1] -> PIL image(s)."""
-    t = tensor.detach().float().cpu()
+    """Tensor (3, H, W) or (B, 3, H, W) -> PIL image(s): float in [-1, 1] (the VAE's range), or
+    uint8 in [0, 255].
+
+    Float values beyond [-1.1, 1.1] are refused, not clamped (a [0, 255] float tensor would turn
+    white).
+    """
+    import torch
+
+    t = tensor.detach().cpu()
     if t.ndim == 4:
         return [tensor_to_pil(x) for x in t]
     if t.ndim != 3 or t.shape[0] not in (1, 3):
         raise ValueError(f"expected a tensor (3, H, W) or (B, 3, H, W) in [-1, 1]; got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        arr = t.permute(1, 2, 0).numpy()
+        return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+    if not t.is_floating_point():
+        raise ValueError(f"image tensors are float in [-1, 1] or uint8 in [0, 255]; got dtype {t.dtype}")
+    t = t.float()
     if not bool(t.isfinite().all()):
         raise ValueError("the image tensor contains NaN or infinite values")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1 - TENSOR_SLACK or hi > 1 + TENSOR_SLACK:
+        raise ValueError(f"float image tensors are in [-1, 1] (the VAE's range); got values in [{lo:.3g}, {hi:.3g}]. "
+                         "From [0, 255] use x / 127.5 - 1, or pass a uint8 tensor")
     arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+
+
+#: the level at which a soft mask (a probability map, an anti-aliased PNG) is cut into in/out
+MASK_THRESHOLD = 0.5
+
+
+def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask from a path, PIL image, array or tensor -> bool array (H, W), True where to edit.
+
+    Soft masks are thresholded at 0.5 of their scale (``MASK_THRESHOLD``): float values in
+    [0, 1] (CLIPSeg probabilities, a resized mask), uint8/PIL images in [0, 255] (an anti-aliased
+    PNG: white = edit).  Floats outside [0, 1] (logits) are refused: apply a sigmoid first.
+    With `shape`, a mask of another size is refused (resize it nearest-neighbour).
+    """
+    if isinstance(mask, (str, Path)):
+        path = Path(mask)
+        if not path.exists():
+            raise ValueError(f"mask file {str(path)!r} does not exist")
+        with Image.open(path) as im:
+            mask = im.copy()
+    if isinstance(mask, Image.Image):
+        mask = _to_rgb(mask).convert("L") if mask.mode != "1" else mask
+        arr = np.asarray(mask)
+    elif _is_tensor(mask):
+        arr = mask.detach().float().cpu().numpy() if mask.is_floating_point() else mask.detach().cpu().numpy()
+    else:
+        arr = np.asarray(mask)
+    arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 and all(d == 1 for d in arr.shape[:-2]) else arr
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].mean(-1) if np.issubdtype(arr.dtype, np.floating) else arr[..., :3].mean(-1).round().astype(arr.dtype)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"a mask is (H, W) (or (1, H, W), (H, W, 3)); got shape {arr.shape}")
+    if arr.dtype == bool:
+        out = arr
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("the mask contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"a float mask is in [0, 1] (1 = edit); got values in [{lo:.3g}, {hi:.3g}]. "
+                             "For logits apply a sigmoid first; for [0, 255] data pass uint8")
+        out = arr >= MASK_THRESHOLD
+    elif np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(f"an integer mask is 0/1 or in [0, 255]; got values in [{lo}, {hi}]")
+        out = arr >= (MASK_THRESHOLD if hi <= 1 else MASK_THRESHOLD * 255)
+    else:
+        raise ValueError(f"unsupported mask dtype {arr.dtype}; use bool, uint8 or float in [0, 1]")
+    if shape is not None and out.shape != tuple(shape):
+        raise ValueError(f"the mask is {out.shape[0]}x{out.shape[1]} but must be {shape[0]}x{shape[1]} (the "
+                         "model's resolution); resize it nearest-neighbour, e.g. "
+                         "PIL.Image.fromarray(mask).resize(size, PIL.Image.NEAREST)")
+    return out
 
 
 def upscale(image, size: int = 256) -> Image.Image:

@@ -12,12 +12,12 @@ True on the edited region.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .features import ClipFeatures, clip_features  # noqa: F401  (part of the metrics API)
+from . import pixels
 from .images import to_numpy
 
 # ------------------------------------------------------------------ pixels
@@ -79,12 +79,7 @@ def l2(a, b, mask=None, region: str = "all") -> float:
 
 def psnr(a, b, mask=None, region: str = "all") -> float:
     """PSNR in dB (data range 1); identical images give inf."""
-    x, y = apply_region(a, b, mask, region)
-    if np.array_equal(x, y):
-        return float("inf")
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    return float(peak_signal_noise_ratio(_to_unit_tensor(x), _to_unit_tensor(y), data_range=1.0))
+    return pixels.psnr(*apply_region(a, b, mask, region))
 
 
 def ssim(a, b, mask=None, region: str = "all") -> float:
@@ -119,56 +114,6 @@ def mask_iou(pred, true) -> float:
 
 
 # ------------------------------------------------------------------ CLIP-space metrics
-
-
-@dataclass
-class ClipFeatures:
-    """Unit-norm CLIP image and text embeddings from any CLIPModel + processor."""
-
-    model: object
-    processor: object
-    name: str = "clip"
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def images(self, images) -> torch.Tensor:
-        ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
-        px = self.processor(images=ims, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
-        return F.normalize(_pooled(self.model.get_image_features(pixel_values=px)).float(), dim=-1)
-
-    @torch.no_grad()
-    def texts(self, texts) -> torch.Tensor:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        tok = self.processor.tokenizer
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.device)
-        return F.normalize(_pooled(self.model.get_text_features(input_ids=ids)).float(), dim=-1)
-
-    @torch.no_grad()
-    def hidden_states(self, images) -> list[torch.Tensor]:
-        """Vision-tower hidden states (patch tokens) of every layer, for LPIPS-style and
-        structure metrics with toy features."""
-        ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
-        px = self.processor(images=ims, return_tensors="pt").pixel_values.to(self.device, self.model.dtype)
-        out = self.model.vision_model(pixel_values=px, output_hidden_states=True)
-        return [h[:, 1:].float() for h in out.hidden_states[1:]]
-
-
-def _pooled(out):
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def clip_features(name: str = "clip", profile: str | None = None) -> ClipFeatures:
-    """CLIP features from the registry ('clip' = ViT-L/14, 'clip-b32' = ViT-B/32; toy-clip in toy)."""
-    from .models import load
-    from .runtime import current
-
-    profile = profile or current().profile
-    model, processor = load(name, profile=profile)
-    return ClipFeatures(model, processor, name=f"toy-{name}" if profile == "toy" else name)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -294,12 +239,14 @@ def toy_keys(features: ClipFeatures):
 
 def dino_keys(model, processor):
     """Keys of the last layer of a transformers ViT (DINO) for :func:`structure_distance`."""
-    attn = model.encoder.layer[-1].attention.attention
+    # transformers >= 5 names the layers model.layers[i].attention.k_proj (4.x: encoder.layer[i].attention.attention.key)
+    last = model.layers[-1] if hasattr(model, "layers") else model.encoder.layer[-1]
+    key = last.attention.k_proj if hasattr(last.attention, "k_proj") else last.attention.attention.key
 
     @torch.no_grad()
     def keys(image):
         captured = {}
-        h = attn.key.register_forward_hook(lambda m, i, o: captured.setdefault("k", o))
+        h = key.register_forward_hook(lambda m, i, o: captured.setdefault("k", o))
         try:
             px = processor(images=[to_numpy(image)], return_tensors="pt").pixel_values.to(model.device, model.dtype)
             model(pixel_values=px)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import current, data_dir, hub_reachable
+from .runtime import MODEL_HOOKS, current, data_dir, hub_reachable
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,29 @@ REGISTRY: dict[str, ModelSpec] = {
                       note="structure distance; the toy profile uses toy-clip features under a toy-* name"),
     "dino-s16": ModelSpec("dino", "facebook/dino-vits16", None,
                           note="MagicBrush DINO similarity; toy-clip features in the toy profile"),
-    "editclip": ModelSpec("editclip", "QWW/EditCLIP", "toy-editclip", note="edit representation encoder"),
+    "editclip": ModelSpec("editclip", "QWW/EditCLIP", "toy-editclip",
+                          note="EditCLIP pair encoder: CLIP whose vision tower takes 6 channels (input + edited image)"),
+    "editclip-ip2p": ModelSpec("ip2p-pipeline", "", "toy-editclip-ip2p",
+                               note="EditCLIP's exemplar-conditioned InstructPix2Pix UNet (+ projection.safetensors; "
+                               "the paper released no weights: train your own with editnb.methods.editclip)"),
 }
 
 _CACHE: dict[tuple, object] = {}
+#: the weight files of the toy models that are not whole diffusers/transformers folders
+IP_ADAPTER_WEIGHTS = "ip-adapter_toy.safetensors"
+IEDIT_WEIGHTS = "iedit_unet_blocks.safetensors"
 
 
 def models_dir() -> Path:
     return data_dir() / "models"
+
+
+def tokenize(tokenizer, texts):
+    """Token ids (B, model_max_length) of `texts`, padded and truncated to the tokenizer's context
+    length as the CLIP text encoders of every profile expect them."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
 
 
 def toy_path(name: str) -> Path:
@@ -63,6 +78,18 @@ def toy_path(name: str) -> Path:
     if spec.toy is None:
         raise RuntimeError(f"'{name}' has no toy version ({spec.note}); in the toy profile use what the note says")
     return models_dir() / spec.toy
+
+
+def source_of(name: str, profile: str) -> str:
+    """Where registry model `name` loads from in `profile`: a toy folder, a Hub id, or (sd15-shaped)
+    the folder of its random-weight stand-in, built on first use (:mod:`editnb.sd15_shaped`)."""
+    if profile == "toy":
+        return str(toy_path(name))
+    if profile == "sd15-shaped":
+        from . import sd15_shaped
+
+        return str(sd15_shaped.folder(name))
+    return _spec(name).sd15
 
 
 def _spec(name: str) -> ModelSpec:
@@ -138,8 +165,13 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
         local_only = not hub_reachable()
         if local_only and not hub_file_cached(spec.sd15, _probe_file(spec)):
             raise _offline_error(spec, name)
+    elif profile == "sd15-shaped":  # tests only: SD 1.5's architectures with random weights, built locally
+        if not spec.sd15:
+            raise RuntimeError(f"'{name}' has no public sd15 weights ({spec.note}), so sd15-shaped has no stand-in "
+                               "for it either; use the toy profile (editnb.setup(profile='toy'))")
+        source, local_only = source_of(name, profile), True
     else:
-        raise ValueError(f"unknown profile {profile!r}; use 'sd15' or 'toy'")
+        raise ValueError(f"unknown profile {profile!r}; use 'sd15', 'toy' or 'sd15-shaped'")
     if spec.kind not in _LOADERS:
         raise RuntimeError(f"'{name}' ({spec.note}) is named in the registry but editnb has no loader for it yet; "
                            "it comes with the chapter that uses it")
@@ -149,7 +181,9 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
         if profile == "sd15":
             raise _offline_error(spec, name) from e
         raise RuntimeError(f"cannot load the toy model {source}: {e}") from e
-    _CACHE[key] = model
+    from .toy.vocab import guard  # toy tokenizers refuse characters they lack, warn on unknown words
+
+    _CACHE[key] = guard(model) if profile == "toy" else model
     return model
 
 
@@ -228,19 +262,14 @@ def _load_dino(source, spec, device, dtype, local_only, profile):
 
 def _load_ip_adapter(source, spec, device, dtype, local_only, profile):
     """The 'sd' pipeline with the IP-Adapter loaded (a separate cached pipeline object)."""
-    pipe = _load_sd(str(models_dir() / _spec("sd").toy) if profile == "toy" else _spec("sd").sd15,
-                    spec, device, dtype, local_only, profile)
+    pipe = _load_sd(source_of("sd", profile), spec, device, dtype, local_only, profile)
     if profile == "toy":
-        from .toy.train import IP_ADAPTER_WEIGHTS
-
         pipe.load_ip_adapter(source, subfolder="models", weight_name=IP_ADAPTER_WEIGHTS, local_files_only=True)
     else:
         sub, weight = spec.sd15_file.rsplit("/", 1)
         pipe.load_ip_adapter(source, subfolder=sub, weight_name=weight, local_files_only=local_only)
     return pipe
 
-
-IEDIT_WEIGHTS = "iedit_unet_blocks.safetensors"
 
 
 def _load_iedit(source, spec, device, dtype, local_only, profile):
@@ -262,7 +291,21 @@ def _load_iedit(source, spec, device, dtype, local_only, profile):
     return _place_pipeline(pipe, device, dtype)
 
 
+def _load_editclip(source, spec, device, dtype, local_only, profile):
+    """EditCLIP's pair encoder (a CLIPModel with a 6-channel vision tower) and a CLIP processor.
+    The Hub checkpoint ships no processor files; its preprocessing is CLIP ViT-L/14's."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(source, dtype=dtype, local_files_only=local_only).to(device).eval()
+    if model.config.vision_config.num_channels != 6:
+        raise RuntimeError(f"{source} is not an EditCLIP pair encoder: its vision tower takes "
+                           f"{model.config.vision_config.num_channels} channels, not 6 (input + edited image)")
+    processor_source = source if profile == "toy" else source_of("clip", profile)
+    return model, CLIPProcessor.from_pretrained(processor_source, local_files_only=local_only)
+
+
 _LOADERS = {
+    "editclip": _load_editclip,
     "sd-pipeline": _load_sd,
     "ip2p-pipeline": _load_ip2p,
     "clip": _load_clip,
@@ -272,3 +315,5 @@ _LOADERS = {
     "ip-adapter": _load_ip_adapter,
     "iedit": _load_iedit,
 }
+
+MODEL_HOOKS.update(load=load, missing_offline=missing_offline)

@@ -152,4 +152,4 @@ def test_store_and_p2p_in_fp16(random_pipe):
 
     r = prompt_to_prompt(pipe, PROMPT, "a blue circle on a white background", steps=3, generator=gen(),
                          blend_words=("red", "blue"))
-    assert len(r.images) == 2 and r.controller.last_mask is not None
+    assert len(r.images) == 2 and r.found["controller"].last_mask is not None and r.masks["blend"].dtype == bool

@@ -96,7 +96,7 @@ def test_toy_magicbrush_splits(tmp_path):
             assert np.array_equal(np.asarray(Image.open(root / prev["target"])), np.asarray(Image.open(root / nxt["source"])))
 
 
-def test_runner_resumes_after_a_kill(pie_fixture, tmp_path, monkeypatch):
+def test_runner_resumes_after_a_kill(pie_fixture, tmp_path):
     calls = []
 
     @R.register("test-identity", needs=("target_prompt",))
@@ -106,7 +106,6 @@ def test_runner_resumes_after_a_kill(pie_fixture, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the process is killed while this item is in flight
         return item.image
 
-    monkeypatch.setattr("editnb.methods.register_builtin", lambda: None)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         R.run("test-identity", pie_fixture, out, process_index=0, num_processes=1)

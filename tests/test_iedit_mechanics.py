@@ -59,8 +59,7 @@ def test_losses_vanish_where_they_should():
 
 
 def test_objective_backpropagates_into_the_unet(random_pipe):
-    model, proc = M.clip_features("clip", profile="toy").model, M.clip_features("clip", profile="toy").processor
-    clip = iedit.DifferentiableCLIP(model, proc)
+    clip = M.clip_features("clip", profile="toy")  # the metrics' CLIP wrapper, differentiable in the image
     e = world.edit_for("test", 0, "recolor")
     x1 = torch.from_numpy(e.source_image()).permute(2, 0, 1)[None].float() / 127.5 - 1
     x2 = torch.from_numpy(e.edited_image()).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -86,9 +85,23 @@ def test_eq13_keeps_the_latent_outside_the_mask_equal_to_the_noised_source(rando
     mask[16:40, 16:40] = True
     r = iedit.edit(random_pipe, e.source_image(), e.target_caption, mask=mask, strength=0.7, steps=10,
                    generator=torch.Generator().manual_seed(0))
-    assert len(r.trace) == 7  # 0.7 of 10 steps
-    for out, z_src, m in r.trace:
+    trace = r.found["trace"]
+    assert len(trace) == 7  # 0.7 of 10 steps
+    for out, z_src, m in trace:
         assert torch.equal(out * (1 - m), z_src * (1 - m))
-    assert (r.trace[0][2] == 0).any() and (r.trace[0][2] == 1).any()
-    with pytest.raises(ValueError, match="must be 64x64"):
+    assert (trace[0][2] == 0).any() and (trace[0][2] == 1).any()
+    with pytest.raises(ValueError, match="the mask is 8x8 but the image is 64x64"):
         iedit.edit(random_pipe, e.source_image(), e.target_caption, mask=np.ones((8, 8)), steps=4)
+
+
+def test_iedit_m_cuts_a_soft_mask_at_one_half(random_pipe):
+    """A probability mask (0.05 outside, 0.95 inside) confines the edit like the hard mask does,
+    instead of reading as "edit everywhere" (issue 18)."""
+    e = world.edit_for("test", 2, "recolor")
+    hard = np.zeros((64, 64), bool)
+    hard[16:40, 16:40] = True
+    r = iedit.edit(random_pipe, e.source_image(), e.target_caption, mask=np.where(hard, 0.95, 0.05), strength=0.5,
+                   steps=4, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(r.masks["edit"], hard)
+    latent_mask = r.found["trace"][0][2]
+    assert (latent_mask == 0).any() and (latent_mask == 1).any()

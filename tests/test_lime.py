@@ -32,7 +32,7 @@ def test_lime_changes_less_outside_the_mask_than_ip2p_on_removal_edits():
         e = world.edit_for("test", 50 + i, kind="remove")
         src = e.source_image()
         a = diffusion.instruct_pix2pix(pipe, src, e.instruction, steps=20, generator=torch.Generator().manual_seed(i)).image
-        b = lime.edit(pipe, src, e.instruction, steps=20, generator=torch.Generator().manual_seed(i))[0]
+        b = lime.edit(pipe, src, e.instruction, steps=20, generator=torch.Generator().manual_seed(i)).image
         plain.append(oracle.change_outside(a, e))
         limed.append(oracle.change_outside(b, e))
     assert np.mean(limed) < 0.8 * np.mean(plain), f"outside the mask: LIME {np.mean(limed):.2f} vs IP2P {np.mean(plain):.2f}"

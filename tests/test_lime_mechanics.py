@@ -72,10 +72,26 @@ def test_localise_and_edit_run_and_validate_input(random_ip2p):
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     n = [len(np.unique(lime.cluster(feats, method="agglomerative", distance_threshold=t))) for t in (0.05, 0.3, 0.6)]
     assert n[0] < n[1] < n[2]  # higher threshold, more clusters (Sec. A.7.2)
-    image, _ = lime.edit(random_ip2p, e.source_image(), e.instruction, mask=e.mask(), steps=3,
-                         generator=torch.Generator().manual_seed(0))
-    assert image.size == (64, 64)
+    out = lime.edit(random_ip2p, e.source_image(), e.instruction, mask=e.mask(), steps=3,
+                    generator=torch.Generator().manual_seed(0))
+    assert out.image.size == (64, 64) and out.found["localisation"] is None
+    assert np.array_equal(out.masks["roi"], e.mask())
     with pytest.raises(ValueError, match="must be 64x64"):
         lime.edit(random_ip2p, e.source_image(), e.instruction, mask=np.ones((10, 10), bool), steps=2)
     with pytest.raises(ValueError, match="no content words"):
         lime.edit(random_ip2p, e.source_image(), "make it so", mask=e.mask(), steps=2)
+
+
+def test_localisation_stops_after_its_feature_steps(random_ip2p):
+    calls = []
+    hook = random_ip2p.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        e = world.edit_for("test", 1, "recolor")
+        loc = lime.localise(random_ip2p, e.source_image(), e.instruction, n_clusters=3, steps=6, feature_steps=2,
+                            generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert len(calls) == 2 and loc.first_pass is None  # two UNet calls, then the pass stopped
+    assert set(loc.segments_by_resolution) == {8, 16}  # clustered on demand from the kept features
+    again = lime.recluster(loc, n_clusters=3)
+    assert np.array_equal(again.segments, loc.segments)

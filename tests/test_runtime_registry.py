@@ -20,9 +20,11 @@ def test_setup_chooses_toy_on_cpu_and_prints_why(capsys, monkeypatch):
     assert torch.equal(torch.rand(2, generator=rt.generator(5)), torch.rand(2, generator=rt.generator(5)))
 
 
-def test_environment_overrides_profile(monkeypatch):
+def test_environment_sets_auto_profile_and_explicit_profile_wins(monkeypatch):
     monkeypatch.setenv("EDITNB_PROFILE", "toy")
-    assert editnb.setup(profile="sd15", verbose=False).profile == "toy"
+    assert editnb.setup(verbose=False).profile == "toy"
+    with pytest.warns(UserWarning, match="EDITNB_PROFILE='toy' is ignored"):
+        assert editnb.setup(profile="sd15", verbose=False).profile == "sd15"
     monkeypatch.setenv("EDITNB_PROFILE", "bogus")
     with pytest.raises(ValueError, match="EDITNB_PROFILE"):
         editnb.setup(verbose=False)

@@ -66,18 +66,60 @@ def test_shipped_weights_are_stored_once_and_small():
 
 
 @pytest.mark.parametrize("model", ["vae", "clip", "sd", "ip2p", "ip-adapter", "clipseg", "iedit"])
-def test_training_smoke(model, tmp_path, monkeypatch):
-    from editnb.toy.train import IEditTask, train
+def test_training_smoke(model, tmp_path):
+    from editnb.toy.train import train
 
-    monkeypatch.setattr(IEditTask, "pairs", 16)
-    monkeypatch.setattr(IEditTask, "pool", 64)
+    options = {"pairs": 16, "pool": 64} if model == "iedit" else None  # a small paired set
     out = tmp_path / "out"
-    s = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, checkpoint_minutes=0)
+    s = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, checkpoint_minutes=0,
+              options=options)
     assert s["steps"] == 2 and np.isfinite(s["final_loss"])
     assert (tmp_path / "work" / model / "checkpoint.pt").exists() and (out / "README.md").exists()
     # resuming a finished run trains no further step
-    again = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, export=False)
+    again = train(model, steps=2, batch_size=4, work_dir=tmp_path / "work", out_dir=out, export=False,
+                  options=options)
     assert again["steps"] == 2
+
+
+def _vae_run(tmp_path, **settings):
+    """A tiny toy-vae run (no export) in tmp_path/work; `settings` override steps 2, batch 2."""
+    from editnb.toy.train import train
+
+    return train("vae", **{"steps": 2, "batch_size": 2, "work_dir": tmp_path / "work", "export": False,
+                           "checkpoint_minutes": 0, **settings})
+
+
+@pytest.mark.parametrize("change, setting", [({"batch_size": 3}, "batch_size"), ({"lr": 5e-4}, "lr"),
+                                             ({"ema_decay": 0.9}, "ema_decay"), ({"seed": 1}, "seed")])
+def test_resume_refuses_other_settings(tmp_path, change, setting):
+    _vae_run(tmp_path)
+    with pytest.raises(ValueError, match=rf"{setting}=.*same settings.*--work-dir"):
+        _vae_run(tmp_path, steps=3, **change)
+    assert _vae_run(tmp_path, steps=3)["steps"] == 3  # the same settings continue the run
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint_says_so(tmp_path):
+    _vae_run(tmp_path, steps=3)
+    with pytest.raises(ValueError, match=r"already holds 3 steps.*--steps 3 or more"):
+        _vae_run(tmp_path, steps=2)
+
+
+def test_final_loss_of_a_short_run_is_its_last_loss(tmp_path):
+    """A run shorter than the logging interval reports the loss of its last step, not of step 1."""
+    s = _vae_run(tmp_path, steps=3)
+    history = torch.load(tmp_path / "work" / "vae" / "checkpoint.pt", weights_only=False)["history"]
+    assert [step for step, _ in history] == [1, 3]
+    assert s["final_loss"] == history[-1][1] != history[0][1]
+
+
+def test_task_options_are_checked():
+    from editnb.toy.train import recipe_for
+
+    with pytest.raises(ValueError, match="no option"):
+        recipe_for("vae", options={"pairs": 64})
+    r = recipe_for("iedit", options={"pairs": 64, "pool": 512})
+    assert r.options == {"pairs": 64, "pool": 512}
+    assert recipe_for("iedit").options == {"pairs": 4096, "pool": 8192}  # the shipped recipe is untouched
 
 
 def test_word_map_of_circle_overlaps_the_circle(sd):
@@ -125,7 +167,7 @@ def test_local_blend_keeps_pixels_outside_the_mask(sd):
     src = "a red circle and a blue square on a white background"
     tgt = "a green circle and a blue square on a white background"
     r = prompt_to_prompt(sd, src, tgt, guidance=5.0, steps=20, generator=gen(1), blend_words=("circle", "circle"))
-    mask = torch.nn.functional.interpolate(r.controller.last_mask, size=(64, 64))[0, 0].numpy() > 0
+    mask = torch.nn.functional.interpolate(r.found["controller"].last_mask, size=(64, 64))[0, 0].numpy() > 0
     a, b = np.asarray(r.images[0], float), np.asarray(r.images[1], float)
     outside = np.abs(a - b)[~mask].mean()
     inside = np.abs(a - b)[mask].mean()

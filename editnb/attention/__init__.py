@@ -1,4 +1,7 @@
 """Attention capture and control on diffusers' attention-processor API."""
-from .store import AttentionStore, Chain, Controller, ObservedAttnProcessor, Site, attach
+from .controller import BIAS, OUTPUT, PROBS, Chain, Controller, Site, layout_of
+from .processor import ObservedAttnProcessor, attach
+from .store import AttentionStore
 
-__all__ = ["AttentionStore", "Chain", "Controller", "ObservedAttnProcessor", "Site", "attach"]
+__all__ = ["AttentionStore", "BIAS", "Chain", "Controller", "OUTPUT", "ObservedAttnProcessor", "PROBS", "Site",
+           "attach", "layout_of"]

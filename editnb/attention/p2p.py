@@ -21,8 +21,10 @@ import difflib
 import torch
 import torch.nn.functional as F
 
-from .store import Controller
+from .controller import NOTHING, PROBS, Controller, layout_of
 from .words import token_indices, word_tokens
+
+_PROBS = frozenset({PROBS})
 
 
 def replacement_mapper(tokenizer, source: str, target: str) -> torch.Tensor:
@@ -125,21 +127,33 @@ class PromptToPrompt(Controller):
         self.last_mask: torch.Tensor | None = None
 
     # -- attention
-    def _cond(self, probs, site):
-        B = len(self.prompts)
-        p = probs.reshape(-1, site.heads, *probs.shape[1:])
-        if p.shape[0] != 2 * B:
-            raise ValueError(f"P2P expects a guided batch of {2 * B} (uncond + cond for {B} prompts), "
-                             f"got {p.shape[0]}")
-        return p
+    def wants(self, site):
+        """Probabilities only where P2P reads or changes them: cross-attention while it replaces
+        or reweights maps and at the local-blend resolution; self-attention while it replaces
+        them, up to half the latent resolution.  Elsewhere the layer runs its own SDPA."""
+        if site.kind == "cross":
+            editing = (self.step < self.cross_steps and self.mode != "none") or self.equalizer is not None
+            blending = self.blend is not None and site.resolution == self._blend_res
+            return _PROBS if editing or blending else NOTHING
+        return _PROBS if self.step < self.self_steps and site.resolution <= self._self_max() else NOTHING
+
+    def _self_max(self) -> int:
+        return self.self_max_resolution or self._latent_resolution // 2
+
+    def _cond_rows(self, p, site) -> list[int]:
+        rows = layout_of(site, p.shape[0]).cond_rows()
+        if len(rows) != len(self.prompts):
+            raise ValueError(f"P2P expects a guided batch of {2 * len(self.prompts)} (uncond + cond for "
+                             f"{len(self.prompts)} prompts), got {p.shape[0]}")
+        return rows
 
     def forward(self, probs, site):
-        p = self._cond(probs, site)
-        B = len(self.prompts)
-        base, targets = p[B], p[B + 1:]
+        p = probs.reshape(-1, site.heads, *probs.shape[1:])
+        rows = self._cond_rows(p, site)
+        base, targets = p[rows[0]], p[rows[1:]]
         if site.kind == "cross":
             if self.blend is not None:
-                self._record_blend(p[B:], site)
+                self._record_blend(p[rows], site)
             new = targets
             if self.step < self.cross_steps and self.mode == "replace":
                 new = torch.einsum("hqw,bwn->bhqn", base, self.mappers.to(base))
@@ -151,12 +165,10 @@ class PromptToPrompt(Controller):
                 new = new * self.equalizer.to(base)[:, None, None, :]
             if new is not targets:
                 p = p.clone()
-                p[B + 1:] = new
-        elif self.step < self.self_steps:
-            max_res = self.self_max_resolution or self._latent_resolution // 2
-            if site.resolution <= max_res:
-                p = p.clone()
-                p[B + 1:] = base.expand_as(targets)
+                p[rows[1:]] = new
+        elif self.step < self.self_steps and site.resolution <= self._self_max():
+            p = p.clone()
+            p[rows[1:]] = base.expand_as(targets)
         return p.reshape(probs.shape)
 
     # -- local blend

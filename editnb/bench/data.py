@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..images import load_image
+from ..runtime import data_dir
 from ..toy import world
 
 EDITING_TYPES = {
@@ -83,26 +85,48 @@ class BenchItem:
         return EDITING_TYPES.get(self.editing_type, "unknown")
 
 
+#: the fields every PIE-Bench entry has (``editing_instruction`` and ``blended_word`` may be empty)
+REQUIRED = ("image_path", "original_prompt", "editing_prompt", "editing_type_id", "mask")
+
+
 def load_pie_bench(root: str | Path, types=None) -> list[BenchItem]:
     """Read a benchmark in the PIE-Bench format (``root/mapping_file.json`` and
-    ``root/annotation_images/``), optionally only some editing types ("0"-"9")."""
+    ``root/annotation_images/``), optionally only some editing types ("0"-"9").
+
+    ``blended_word`` is read as the official PIE-Bench script reads it: split on spaces, the first
+    word for the source and the second for the target (one word serves both; further words are
+    ignored)."""
     root = Path(root)
     mapping = root / "mapping_file.json"
+    if not root.is_dir():
+        raise ValueError(_missing_root_message(root))
     if not mapping.exists():
         raise ValueError(f"{root} is not a PIE-Bench folder: {mapping.name} is missing "
                          "(expected mapping_file.json and annotation_images/)")
-    entries = json.loads(mapping.read_text())
+    try:
+        entries = json.loads(mapping.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{mapping} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                         "fix the file or write it again (editnb bench toy-pie)") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{mapping} must map item ids to entries (a JSON object), got a {type(entries).__name__}")
+    wanted = None if types is None else {str(t) for t in types}
+    bad_types = sorted((wanted or set()) - set(EDITING_TYPES))
+    if bad_types:
+        raise ValueError(f"unknown editing types {bad_types}; PIE-Bench's are 0-9: {EDITING_TYPES}")
     items = []
     for key, e in sorted(entries.items()):
-        if types is not None and str(e["editing_type_id"]) not in {str(t) for t in types}:
+        lacking = [f for f in REQUIRED if f not in e] if isinstance(e, dict) else list(REQUIRED)
+        if lacking:
+            raise ValueError(f"item {key} of {mapping} lacks {lacking}; every PIE-Bench entry has {list(REQUIRED)}")
+        if wanted is not None and str(e["editing_type_id"]) not in wanted:
             continue
         path = root / "annotation_images" / e["image_path"]
         if not path.exists():
             raise ValueError(f"item {key}: image {path} is missing")
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-        words = str(e.get("blended_word", "")).split()
-        blend = (words[0], words[1]) if len(words) == 2 else (words[0], words[0]) if len(words) == 1 else ("", "")
+        image = load_image(path)  # 16-bit greyscale and palette images converted properly
+        words = str(e.get("blended_word") or "").split()
+        blend = (words[0], words[1 if len(words) > 1 else 0]) if words else ("", "")
         items.append(BenchItem(
             id=key, image=image, source_prompt=strip_brackets(e["original_prompt"]),
             target_prompt=strip_brackets(e["editing_prompt"]), instruction=e.get("editing_instruction", ""),
@@ -110,6 +134,16 @@ def load_pie_bench(root: str | Path, types=None) -> list[BenchItem]:
             mask=mask_decode(e["mask"], (image.height, image.width)),
             original_prompt=e["original_prompt"], editing_prompt=e["editing_prompt"]))
     return items
+
+
+def _missing_root_message(root: Path) -> str:
+    msg = f"the benchmark folder {str(root)!r} does not exist"
+    if not root.is_absolute():
+        msg += f" (relative paths start at the current folder, {Path.cwd()})"
+    shipped = data_dir() / "bench" / root.name
+    if shipped.is_dir() and shipped.resolve() != root.resolve():
+        msg += f"; the shipped benchmark of that name is {shipped}: pass that path"
+    return msg
 
 
 def bracket_changes(source: str, target: str) -> tuple[str, str]:

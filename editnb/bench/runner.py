@@ -7,52 +7,27 @@ flight; a restart skips every item that has its row.  Under ``accelerate launch 
 each process takes every n-th item, all writing to the same folder, so the results merge into one
 table by construction.
 
-Methods register themselves with :func:`register`, declaring what they need from an item.
+Methods register themselves in :mod:`editnb.methods.registry`, declaring what they need from an item.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .. import metrics as M
+from ..methods import get as get_method
+from ..methods.registry import ITEM_FIELDS, METHODS, Method, register  # noqa: F401  (re-exported)
 from ..images import to_numpy
+from . import settings as S
 from .data import BenchItem, load_pie_bench
 
-ITEM_FIELDS = ("source_prompt", "target_prompt", "instruction", "blend_words", "mask")
 # PIE-Bench's reporting scale for each column
 SCALES = {"structure": 1e3, "psnr": 1.0, "lpips": 1e3, "mse": 1e4, "ssim": 1e2, "clip_whole": 100.0,
           "clip_edited": 100.0}
-
-
-@dataclass
-class Method:
-    name: str
-    run: Callable  # (context, item, generator, steps) -> PIL image
-    needs: tuple[str, ...]
-    models: tuple[str, ...]
-    description: str = ""
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(name: str, needs=(), models=(), description: str = ""):
-    """Decorator: ``@register("lime", needs=("instruction",), models=("ip2p",))``."""
-    bad = [f for f in needs if f not in ITEM_FIELDS]
-    if bad:
-        raise ValueError(f"unknown item fields {bad}; methods can need {ITEM_FIELDS}")
-
-    def deco(fn):
-        METHODS[name] = Method(name, fn, tuple(needs), tuple(models), description or (fn.__doc__ or "").strip())
-        return fn
-
-    return deco
 
 
 class Context:
@@ -113,18 +88,21 @@ def item_metrics(ctx: Context, item: BenchItem, edited) -> dict:
 
 def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: int = 0, limit: int | None = None,
         profile: str | None = None, types=None, process_index: int | None = None,
-        num_processes: int | None = None, stop_after: int | None = None) -> dict:
+        num_processes: int | None = None, stop_after: int | None = None, options: dict | None = None) -> dict:
     """Run `method` over the benchmark at `data`, writing into `out`; returns the summary table.
 
-    `stop_after` ends the run after that many NEW items (used to test resumption)."""
-    from .. import methods as _methods  # noqa: F401  (registers the built-in methods)
+    `options` set the method's own keyword arguments (e.g. ``{"strength": 0.7}`` for sdedit).
+    The folder `out` holds one run: method, options, steps, seed, profile and data key it (see
+    :mod:`editnb.bench.settings`); a re-run with other settings is refused before any compute.
+    Every item is checked before the first edit too.  `stop_after` ends the run after that many
+    NEW items (used to test resumption)."""
+    from ..runtime import check_limit, check_seed, check_steps, progress
 
-    _methods.register_builtin()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; registered: {sorted(METHODS)}")
-    m = METHODS[method]
+    m = get_method(method)
+    steps, seed, limit = check_steps(steps), check_seed(seed), check_limit(limit)
+    opts = S.method_options(m, options)
     items = load_pie_bench(data, types)
-    if limit:
+    if limit is not None:
         items = items[:limit]
     if process_index is None or num_processes is None:
         from accelerate import PartialState
@@ -132,32 +110,30 @@ def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: i
         state = PartialState()
         process_index, num_processes = state.process_index, state.num_processes
     mine = items[process_index::num_processes]
+    S.check_items(mine, m.needs, method)
+    ctx = Context(profile)
+    settings = S.run_settings(method, steps, seed, ctx.rt.profile, data, opts)
     out = Path(out)
+    S.check_folder(out, settings)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     if process_index == 0:
-        _atomic_write(out / "run.json", json.dumps({"method": method, "data": str(data), "steps": steps,
-                                                    "seed": seed, "n_items": len(items)}, indent=1).encode())
-    ctx = Context(profile)
-    from ..runtime import progress
-
+        _atomic_write(out / "run.json", json.dumps({"method": method, "data": str(data), "n_items": len(items),
+                                                    "settings": settings}, indent=1).encode())
     done_now = 0
     t0 = time.time()
     for item in progress(mine, desc=f"{method} [{process_index}/{num_processes}]"):
         row_path = out / "rows" / f"{item.id}.json"
         if row_path.exists():
             continue
-        missing = [f for f in m.needs if not getattr(item, f)]
-        if missing:
-            raise ValueError(f"item {item.id} lacks {missing}, which method {method!r} needs")
         gen = ctx.rt.generator(seed)
         t = time.time()
-        edited = m.run(ctx, item, gen, steps)
+        edited = m.run(ctx, item, gen, steps, **(options or {}))
         seconds = time.time() - t
         buf = _png_bytes(edited)
         _atomic_write(out / "images" / f"{item.id}.png", buf)
         row = {"id": item.id, "method": method, "editing_type": item.editing_type, "seconds": round(seconds, 3),
-               **item_metrics(ctx, item, edited)}
+               **item_metrics(ctx, item, edited), "settings": settings}
         _atomic_write(row_path, json.dumps(row).encode())
         done_now += 1
         if stop_after is not None and done_now >= stop_after:
@@ -184,6 +160,7 @@ def rows(out: str | Path) -> list[dict]:
 def summarize(out: str | Path) -> dict:
     """Mean of each metric over the items done, in PIE-Bench's scaling."""
     rs = rows(out)
+    S.check_rows(rs, out)
     run_info = json.loads(Path(out, "run.json").read_text()) if Path(out, "run.json").exists() else {}
     summary = {"method": run_info.get("method", Path(out).name), "items": len(rs),
                "of": run_info.get("n_items")}

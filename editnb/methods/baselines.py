@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import diffusion
 from ..attention.words import word_tokens
-from ..bench.runner import register
+from .registry import register
 from .p2p import prompt_to_prompt
 
 

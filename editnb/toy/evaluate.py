@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models import tokenize
 from . import oracle, world
 from .data import to_tensor
 
@@ -25,6 +26,7 @@ TARGETS = {
     "ip2p_bg_psnr": (">=", 24.0),
     "xattn_iou": (">=", 0.4),
     "clipseg_iou": (">=", 0.6),
+    "ip_adapter_recall": (">=", 0.5),
 }
 SAMPLING = {"steps": 25, "guidance_scale": 5.0, "ip2p_text_guidance": 7.5, "ip2p_image_guidance": 1.5, "seed": 0}
 
@@ -68,8 +70,7 @@ def clip_top1(n: int = 150) -> float:
         img = F.normalize(_features(img), dim=-1)
         for bg in world.BACKGROUNDS:
             texts = [f"a {c} {s} on a {bg} background" for c, s in pairs]
-            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-            ids = ids.to(DEVICE)
+            ids = tokenize(tok, texts).to(DEVICE)
             txt = F.normalize(_features(model.get_text_features(input_ids=ids)), dim=-1)
             for k, sc in enumerate(scenes):
                 if sc.background != bg:
@@ -182,6 +183,40 @@ def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
     return {"ip_adapter_sim": matched, "ip_adapter_sim_unrelated": unrelated}
 
 
+def _objects_found(image, scene: world.Scene) -> bool:
+    """Does the oracle find every object of `scene` (shape and colour; cells and background aside)?"""
+    found = [(d.color, d.shape) for d in oracle.read(image).objects]
+    return all(found.count(o) >= want for o, want in
+               {(o.color, o.shape): sum((p.color, p.shape) == (o.color, o.shape) for p in scene.objects)
+                for o in scene.objects}.items())
+
+
+def ip_adapter_recall(n: int = 100, seeds: int = 3) -> dict[str, float]:
+    """What the image embedding alone brings back (ViMAEdit's Figure 5 test): toy-sd conditioned
+    only on a held-out scene's toy-clip image embedding (adapter scale 1, empty prompt), `seeds`
+    samples per scene.  ``ip_adapter_recall``: fraction of scenes whose objects (shape and colour)
+    the oracle finds in at least half of the samples; ``..._unrelated``: the same test against the
+    objects of another scene, the chance level."""
+    pipe = _load("ip-adapter")
+    pipe.set_ip_adapter_scale(1.0)
+    scenes = [world.scene_for("test", 30_000 + i) for i in range(n)]
+    pixels = torch.stack([to_tensor(world.render(s)) for s in scenes]).to(DEVICE)
+    with torch.no_grad():
+        embeds = pipe.image_encoder(pixel_values=pixels).image_embeds[:, None]
+    hits = np.zeros((n, seeds), bool)
+    chance = np.zeros((n, seeds), bool)
+    for k in range(seeds):
+        out = pipe([""] * n, ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
+                   num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"],
+                   generator=torch.Generator().manual_seed(100 + k), output_type="np")
+        for i, image in enumerate(_images(out.images)):
+            hits[i, k] = _objects_found(image, scenes[i])
+            chance[i, k] = _objects_found(image, scenes[(i + 1) % n])
+    return {"ip_adapter_recall": float((hits.mean(1) >= 0.5).mean()),
+            "ip_adapter_recall_unrelated": float((chance.mean(1) >= 0.5).mean()),
+            "ip_adapter_recall_per_sample": float(hits.mean())}
+
+
 def clipseg_scores(n: int = 200) -> dict[str, float]:
     """toy-clipseg on held-out scenes: mean IoU of the thresholded mask (probability > 0.5) with the
     exact mask for queries of present objects and backgrounds, and the fraction of queries of absent
@@ -222,14 +257,15 @@ METRICS = {
     "t2i_pair": lambda n: {"t2i_pair": t2i_accuracy(2, n or 60)},
     "ip2p": lambda n: ip2p_scores(n or 60),
     "xattn_iou": lambda n: {"xattn_iou": xattn_iou(n or 40)},
-    "ip_adapter": lambda n: ip_adapter_similarity(n or 40),
+    "ip_adapter": lambda n: {**ip_adapter_similarity(n or 40), **ip_adapter_recall(n or 100)},
     "clipseg": lambda n: clipseg_scores(n or 200),
     "iedit": lambda n: iedit_scores(n or 15),
 }
 CARD_KEYS = {
     "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
     "toy-ip2p": ["ip2p_success", "ip2p_bg_psnr", "ip2p_success_by_kind"],
-    "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated"],
+    "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated", "ip_adapter_recall",
+                       "ip_adapter_recall_unrelated", "ip_adapter_recall_per_sample"],
     "toy-clipseg": ["clipseg_iou", "clipseg_absent_ok"],
     "toy-iedit": ["iedit_clipscore", "iedit_toy_fid", "iedit_ssim_m", "iedit_ssim_m_bar", "iedit_success"],
 }
@@ -265,7 +301,7 @@ def evaluate(n: int | None = None, only=None, json_path: str | None = None, upda
 
 def _update_cards(results: dict) -> None:
     from ..models import models_dir
-    from .train import write_card
+    from .cards import write_card
 
     for folder, keys in CARD_KEYS.items():
         path = models_dir() / folder

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..pixels import psnr
 from . import world
 
 _PALETTE_NAMES = list(world.COLORS) + list(world.BACKGROUNDS)
@@ -140,17 +141,13 @@ def edit_success(image, edit: world.Edit) -> bool:
 
 def psnr_outside(image, reference, mask: np.ndarray) -> float:
     """PSNR (dB) between two images over the pixels where `mask` is False (preservation)."""
-    a = _as_array(image).astype(np.float64)
-    b = _as_array(reference).astype(np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
+    a, b = _as_array(image), _as_array(reference)
     if mask.shape != a.shape[:2]:
         raise ValueError(f"mask of shape {mask.shape} does not match images of shape {a.shape[:2]}")
     keep = ~mask.astype(bool)
     if not keep.any():
         raise ValueError("the mask covers the whole image: nothing is left to preserve")
-    mse = ((a - b) ** 2)[keep].mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+    return psnr(a, b, keep)
 
 
 def preservation(image, edit: world.Edit) -> float:

@@ -2,7 +2,10 @@
 
 Every word the world uses becomes ONE token (so word i of a prompt is token i + 1, after the start
 token), which keeps word-to-token alignment of attention maps trivial.  Unknown words still
-tokenize, character by character, as with the real CLIP tokenizer.
+tokenize, character by character, as with the real CLIP tokenizer, but the toy models never saw
+them: the tokenizers that :func:`editnb.models.load` gives on the toy profile (:func:`guard`) warn
+once per unknown word, and refuse characters outside :data:`CHARS`, which the vocabulary lacks and
+would encode as the end-of-text token, cutting the prompt short without a word.
 
 The merges are learnt with plain byte-pair encoding over the word list, run until every word is a
 single symbol; applying BPE merges in rank order reproduces the learnt segmentation, so each word
@@ -11,6 +14,8 @@ ends as one token (checked by :func:`build_tokenizer`).
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -94,3 +99,80 @@ def build_tokenizer(folder: str | Path):
         if len(ids) != 1:
             raise RuntimeError(f"toy tokenizer splits {w!r} into {len(ids)} tokens; the merges are wrong")
     return tok
+
+
+_WARNED: set[str] = set()
+_SPECIAL = re.compile(re.escape(BOS) + "|" + re.escape(EOS))
+
+
+def unknown(text: str) -> tuple[list[str], list[str]]:
+    """(words outside :data:`WORDS`, characters outside :data:`CHARS`) of a prompt, as the
+    tokenizer sees it (lower case, special tokens left out)."""
+    text = _SPECIAL.sub(" ", text.lower())
+    chars = sorted({c for c in text if not c.isspace() and c not in CHARS})
+    words = [w for w in dict.fromkeys(re.findall(r"[a-z]+", text)) if w not in WORDS]
+    return words, chars
+
+
+def check_text(text) -> None:
+    """Refuse characters the toy vocabulary lacks; warn (once per word) about unknown words."""
+    for t in [text] if isinstance(text, str) else text if isinstance(text, (list, tuple)) else []:
+        if not isinstance(t, str):
+            continue
+        words, chars = unknown(t)
+        if chars:
+            raise ValueError(f"the prompt {t!r} has characters the toy tokenizer lacks: {chars}. It knows only "
+                             f"{CHARS!r} and spaces; without this check they would end the prompt there. Remove "
+                             "them, or use the sd15 profile")
+        new = [w for w in words if w not in _WARNED]
+        if new:
+            _WARNED.update(new)
+            warnings.warn(f"the toy models never saw the words {new} (in {t!r}); they are spelled letter by letter "
+                          "and carry no meaning. The toy world's words are editnb.toy.vocab.WORDS", stacklevel=4)
+
+
+_GUARDED: dict[type, type] = {}
+
+
+def _guarded_class(base: type) -> type:
+    if base not in _GUARDED:
+        def tokenize(self, text, *args, **kwargs):
+            check_text(text)
+            return base.tokenize(self, text, *args, **kwargs)
+
+        def _encode_plus(self, text, *args, **kwargs):
+            check_text(text)
+            return base._encode_plus(self, text, *args, **kwargs)
+
+        def save_pretrained(self, *args, **kwargs):
+            # saved folders name the plain class, so they load anywhere without editnb
+            self.__class__ = base
+            try:
+                return base.save_pretrained(self, *args, **kwargs)
+            finally:
+                self.__class__ = _GUARDED[base]
+
+        _GUARDED[base] = type("Toy" + base.__name__, (base,), {
+            "tokenize": tokenize, "_encode_plus": _encode_plus, "save_pretrained": save_pretrained,
+            "__module__": __name__, "__doc__": "A toy-vocabulary tokenizer that checks its input."})
+    return _GUARDED[base]
+
+
+def __getattr__(name: str):
+    # lets pickle find the guarded class by name (editnb.toy.vocab.ToyCLIPTokenizer)
+    if name == "ToyCLIPTokenizer":
+        from transformers import CLIPTokenizer
+
+        return _guarded_class(CLIPTokenizer)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def guard(model):
+    """The tokenizer(s) of a loaded toy model (a pipeline, or a (model, processor) pair) made to
+    check their prompts (:func:`check_text`); returns `model`."""
+    holders = list(model) if isinstance(model, tuple) else [model]
+    for holder in holders:
+        tok = getattr(holder, "tokenizer", None)
+        if tok is not None and type(tok) not in _GUARDED.values():
+            tok.__class__ = _guarded_class(type(tok))
+    return model

@@ -1,0 +1,157 @@
+"""What an attention controller sees (:class:`Site`), what it asks for (:meth:`Controller.wants`), and
+which rows of the batch are which (:func:`layout_of`).
+
+A controller declares, per attention call, what it needs:
+
+- ``PROBS``: read or change the probability matrix (the processor materialises it: softmax, bmm);
+- ``BIAS``: add a bias to the logits (it goes into ``scaled_dot_product_attention`` as a mask);
+- ``OUTPUT``: read the attention module's output (features).
+
+Where no controller needs anything, the observing processor runs the layer's own processor
+unchanged, so observation costs nothing where nothing is observed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..layout import BatchLayout
+
+PROBS, BIAS, OUTPUT = "probs", "bias", "output"
+NOTHING: frozenset = frozenset()
+
+# diffusers' pipelines put the unconditional branch first: [uncond, cond]
+CFG = ("uncond", "cond")
+# InstructPix2Pix: [text+image, image only, none]
+IP2P = ("cond", "image", "uncond")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an attention map comes from."""
+
+    layer: str        # processor name in unet.attn_processors
+    place: str        # "down", "mid" or "up"
+    kind: str         # "self" or "cross"
+    resolution: int   # side of the square feature map (16 for a 16x16 map)
+    heads: int
+    step: int         # denoising step (one UNet call = one step)
+    layout: BatchLayout | None = None  # as published by the sampling loop; None: not published
+
+
+def layout_of(site: Site, batch: int, guess=CFG) -> BatchLayout:
+    """The layout of a batch of `batch` rows at `site`: the one the sampling loop published, or,
+    when none was (or it does not fit this batch), the guess from diffusers' pipeline order:
+    the `guess` guidance branches in equal parts when `batch` divides, else one conditional branch."""
+    if site.layout is not None and site.layout.size == batch:
+        return site.layout
+    if batch % len(guess) == 0:
+        return BatchLayout.plain(batch // len(guess), guess)
+    return BatchLayout.plain(batch, ("cond",))
+
+
+def as_index(rows: list[int]):
+    """A slice for consecutive rows (a view, no copy), else the list."""
+    if rows and rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return rows
+
+
+class Controller:
+    """Base controller: counts attention calls (steps) and leaves maps unchanged.
+
+    Subclasses override :meth:`forward` (gets the probabilities (batch*heads, queries, keys) and the
+    :class:`Site`, returns them changed or not), :meth:`logit_bias` (an additive bias for the logits:
+    LIME's regularisation), :meth:`observe_output` (the attention module's output: LIME's features),
+    and should override :meth:`wants` to say where they need them.  By default a controller wants
+    what it overrides, everywhere.
+    """
+
+    def __init__(self):
+        self.step = 0
+        self._calls = 0
+        self.n_layers = 0
+
+    def wants(self, site: Site) -> frozenset:
+        """What this controller needs at `site`: a subset of {PROBS, BIAS, OUTPUT}."""
+        return _overridden(type(self))
+
+    def __call__(self, probs, site):
+        out = self.forward(probs, site)
+        self.tick()
+        return out
+
+    def tick(self) -> None:
+        """One attention call is done: after `n_layers` calls, one step is."""
+        self._calls += 1
+        if self.n_layers and self._calls % self.n_layers == 0:
+            self.step += 1
+
+    def forward(self, probs, site):
+        return probs
+
+    def logit_bias(self, site, batch_heads: int, queries: int, keys: int, dtype, device):
+        """An additive bias for the logits, broadcastable to (batch*heads, queries, keys), or None."""
+        return None
+
+    def observe_output(self, out, site) -> None:
+        """Sees the attention module's output (batch, queries, channels); for feature capture."""
+
+    def reset(self):
+        self.step, self._calls = 0, 0
+
+
+_DEFAULT_NEEDS: dict[type, frozenset] = {}
+
+
+def _overridden(cls) -> frozenset:
+    if cls not in _DEFAULT_NEEDS:
+        _DEFAULT_NEEDS[cls] = frozenset(need for need, method in ((PROBS, "forward"), (BIAS, "logit_bias"),
+                                                                    (OUTPUT, "observe_output"))
+                                        if getattr(cls, method) is not getattr(Controller, method))
+    return _DEFAULT_NEEDS[cls]
+
+
+class Chain(Controller):
+    """Several controllers as one: needs are the union, biases add up, probability edits apply in
+    order, each controller sees only the calls where it asked.  E.g.
+    ``Chain(LimeRegularizer(...), AttentionStore())`` records the maps AFTER regularisation."""
+
+    def __init__(self, *controllers: Controller):
+        super().__init__()
+        self.controllers = controllers
+
+    def _sync(self):
+        for c in self.controllers:
+            c.step = self.step
+
+    def wants(self, site):
+        self._sync()
+        needs = NOTHING
+        for c in self.controllers:
+            needs = needs | c.wants(site)
+        return needs
+
+    def forward(self, probs, site):
+        self._sync()
+        for c in self.controllers:
+            if PROBS in c.wants(site):
+                probs = c.forward(probs, site)
+        return probs
+
+    def logit_bias(self, site, batch_heads, queries, keys, dtype, device):
+        total = None
+        for c in self.controllers:
+            b = c.logit_bias(site, batch_heads, queries, keys, dtype, device) if BIAS in c.wants(site) else None
+            if b is not None:
+                total = b if total is None else total + b
+        return total
+
+    def observe_output(self, out, site):
+        for c in self.controllers:
+            if OUTPUT in c.wants(site):
+                c.observe_output(out, site)
+
+    def reset(self):
+        super().reset()
+        for c in self.controllers:
+            c.reset()

@@ -1,0 +1,109 @@
+"""EditCLIP's Table 1 on ToyWorld: exemplar-based editing of held-out quartets, measured with the
+paper's metrics (LPIPS, CLIP score, EC2T, CLIP-Dir, S_visual, EC2EC) and the oracle's success;
+and the figures ``editnb toy eval --only editclip`` reports."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from ... import diffusion
+from ... import metrics as M
+from ...toy import oracle
+from .inference import ExemplarEditor, exemplar_edit
+
+PAPER_TABLE_1 = {  # supplement Table 1 (TOP-Bench-X); LPIPS and S_visual are printed with a down arrow there
+    "MDP (text)": {"LPIPS": 0.424, "CLIP": 0.249, "EC2T": 0.184, "CLIP-Dir": 0.231, "S_visual": 0.712, "EC2EC": 0.372},
+    "InstructCLIP": {"LPIPS": 0.433, "CLIP": 0.194, "EC2T": 0.143, "CLIP-Dir": 0.071, "S_visual": 0.867, "EC2EC": 0.282},
+    "IP-Adapter": {"LPIPS": 0.690, "CLIP": 0.198, "EC2T": 0.162, "CLIP-Dir": 0.068, "S_visual": 0.906, "EC2EC": 0.292},
+    "EditCLIP": {"LPIPS": 0.233, "CLIP": 0.216, "EC2T": 0.180, "CLIP-Dir": 0.143, "S_visual": 0.761, "EC2EC": 0.477},
+}
+
+
+def untrained(editor: ExemplarEditor, seed: int = 0) -> ExemplarEditor:
+    """The same editor with its projection re-initialised (the control: the UNet gets a condition
+    that carries no learned edit)."""
+    proj = copy.deepcopy(editor.projection)
+    linear, norm = proj[0], proj[1]
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1 / linear.in_features ** 0.5  # nn.Linear's default range, drawn from our generator
+    with torch.no_grad():
+        for p in (linear.weight, linear.bias):
+            p.copy_(torch.rand(p.shape, generator=gen).mul(2 * bound).sub(bound))
+    norm.reset_parameters()
+    return ExemplarEditor(editor.pipe, proj, editor.encoder)
+
+
+def transfer(editor: ExemplarEditor, quartets, s_E: float = 7.0, s_I: float = 1.5, steps: int = 25, seed: int = 0,
+             batch_size: int = 32) -> list[np.ndarray]:
+    """Each quartet's exemplar edit applied to its query (uint8 outputs), in batches, one seed."""
+    out = []
+    for lo in range(0, len(quartets), batch_size):
+        chunk = quartets[lo:lo + batch_size]
+        res = exemplar_edit(editor, [q.query.source_image() for q in chunk], [q.exemplar.source_image() for q in chunk],
+                            [q.exemplar.edited_image() for q in chunk], s_E=s_E, s_I=s_I, steps=steps,
+                            generator=torch.Generator().manual_seed(seed + lo))
+        out += [np.asarray(im) for im in res.images]
+    return out
+
+
+def ip2p_text(pipe, quartets, steps: int = 25, seed: int = 0, text_guidance: float = 7.5,
+              image_guidance: float = 1.5) -> list[np.ndarray]:
+    """The text-based reference: InstructPix2Pix with the query's instruction (the paper's MDP row
+    is a text-based editor as well)."""
+    res = diffusion.instruct_pix2pix(pipe, [q.query.source_image() for q in quartets],
+                                     [q.instruction for q in quartets], text_guidance, image_guidance, steps,
+                                     torch.Generator().manual_seed(seed))
+    return [np.asarray(im) for im in res.images]
+
+
+def table_1(outputs: dict, quartets, encoder, features) -> dict[str, dict[str, float]]:
+    """The Table 1 columns per method (`outputs` maps a name to its output images, in quartet order)."""
+    queries = [q.query.source_image() for q in quartets]
+    ex_in = [q.exemplar.source_image() for q in quartets]
+    ex_ed = [q.exemplar.edited_image() for q in quartets]
+    rows = {}
+    for name, images in outputs.items():
+        rows[name] = {
+            "LPIPS": float(np.mean([M.toy_lpips(features, a, b) for a, b in zip(queries, images)])),
+            "CLIP": float(M.clip_similarity(features, images, [q.query.target_caption for q in quartets]).mean()),
+            "EC2T": float(M.ec2t(encoder, encoder.texts, queries, images, [q.instruction for q in quartets]).mean()),
+            "CLIP-Dir": float(M.clip_directional_similarity(features, queries, images,
+                                                            [q.query.source_caption for q in quartets],
+                                                            [q.query.target_caption for q in quartets]).mean()),
+            "S_visual": float(M.s_visual(features, queries, images, ex_in, ex_ed).mean()),
+            "EC2EC": float(M.ec2ec(encoder, queries, images, ex_in, ex_ed).mean()),
+            "oracle success": float(np.mean([oracle.edit_success(im, q.query) for im, q in zip(images, quartets)])),
+        }
+    return rows
+
+
+def success_by_kind(images, quartets) -> dict[str, float]:
+    """The oracle's success per edit kind (the failure kinds of supplement Sec. E: removal,
+    number of objects (add), positions (move))."""
+    kinds = sorted({q.kind for q in quartets})
+    return {k: float(np.mean([oracle.edit_success(im, q.query) for im, q in zip(images, quartets) if q.kind == k]))
+            for k in kinds}
+
+
+def toy_figures(n_retrieval_groups: int = 40, n_edits: int = 36, steps: int = 25) -> dict:
+    """``editnb toy eval --only editclip``: retrieval MAP@10 of EditCLIP, CLIP and CLIP-Dir on
+    held-out pairs; oracle success of exemplar editing (trained vs untrained projection) by kind."""
+    from ...features import clip_features
+    from ...toy import world
+    from .data import quartets as make_quartets
+    from .inference import load_editor
+    from .retrieval import toy_retrieval
+
+    editor = load_editor("toy")
+    features = clip_features("clip", profile="toy")
+    table = toy_retrieval(editor.encoder, features, groups=n_retrieval_groups)["table"]
+    qs = make_quartets(n_edits, kinds=world.EDIT_KINDS)
+    trained = transfer(editor, qs, steps=steps)
+    control = transfer(untrained(editor), qs, steps=steps)
+    ok = lambda ims: float(np.mean([oracle.edit_success(im, q.query) for im, q in zip(ims, qs)]))  # noqa: E731
+    return {"editclip_map10": table["EditCLIP"]["MAP@10"], "editclip_map10_clip": table["CLIP"]["MAP@10"],
+            "editclip_map10_clipdir": table["CLIP-Dir"]["MAP@10"], "editclip_auc": table["EditCLIP"]["AUC"],
+            "editclip_success": ok(trained), "editclip_success_untrained": ok(control),
+            "editclip_success_by_kind": success_by_kind(trained, qs)}

@@ -1,0 +1,133 @@
+"""iEdit's training objective (Sec. 3.3-3.4): L_paired (Eq. 2-4), L_global with x-hat from Eq. 6-7,
+the (1 - t/T) and t/T weights, L_mask (Eq. 8-9), L_perc (Eq. 10), L_loc (Eq. 11), the full
+objective (Eq. 12).  ``clip`` is an :class:`editnb.features.ClipFeatures`, whose ``distance`` and
+``pixel_hidden_states`` are differentiable in the image."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...features import ClipFeatures
+
+
+def _alpha(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha_t (cumulative product, as in Song et al.'s notation used by the paper), broadcast."""
+    return scheduler.alphas_cumprod.to(like.device)[t].to(like.dtype).reshape(-1, 1, 1, 1)
+
+
+def noisy_source(scheduler, z1, t, eps1):
+    """Eq. 2: z_t = sqrt(alpha_t) z_1 + sqrt(1 - alpha_t) eps_1."""
+    a = _alpha(scheduler, t, z1)
+    return a.sqrt() * z1 + (1 - a).sqrt() * eps1
+
+
+def target_noise(scheduler, z_t, z2, t):
+    """Eq. 3: the noise that turns the pseudo-target z_2 into the SAME noisy latent z_t:
+    eps_2 = (z_t - sqrt(alpha_t) z_2) / sqrt(1 - alpha_t)."""
+    a = _alpha(scheduler, t, z_t)
+    return (z_t - a.sqrt() * z2) / (1 - a).sqrt()
+
+
+def predict_z0(scheduler, z_t, eps_pred, t):
+    """Eq. 7: z-hat_1 = (z_t - sqrt(1 - alpha_t) eps_theta) / sqrt(alpha_t)."""
+    a = _alpha(scheduler, t, z_t)
+    return (z_t - (1 - a).sqrt() * eps_pred) / a.sqrt()
+
+
+def loss_paired(eps_pred, eps2):
+    """Eq. 4: || eps_2 - eps_theta(z_t, t, tau(y_2)) ||^2."""
+    return F.mse_loss(eps_pred, eps2)
+
+
+def loss_mask(eps_pred, eps1, eps2, m1, m2):
+    """Eq. 8-9: the target noise on the target mask M_2, the source noise outside the source mask
+    (1 - M_1).  Masks are (B, 1, h, w) at the latent resolution, 1 on the edited region."""
+    fg = ((eps2 * m2 - eps_pred * m2) ** 2).mean()
+    bg = ((eps1 * (1 - m1) - eps_pred * (1 - m1)) ** 2).mean()
+    return fg + bg
+
+
+def time_weights(t: torch.Tensor, T: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - t/T) for the CLIP losses, t/T for the noise losses (Sec. 3.3): CLIP judges clean
+    images best, noise targets are most reliable at high noise."""
+    r = t.float() / T
+    return 1 - r, r
+
+
+def loss_global(clip: ClipFeatures, x_hat, prompts):
+    """Eq. 5: D_CLIP(x-hat_1, y_2), per item."""
+    return clip.distance(x_hat, prompts)
+
+
+def loss_loc(clip: ClipFeatures, x_hat, m1_image, differences):
+    """Eq. 11: D_CLIP(x-hat_1 * M_1, y_2^diff), per item; `m1_image` is (B, 1, H, W) in pixels."""
+    return clip.distance(x_hat * m1_image, differences)
+
+
+def loss_perc(clip: ClipFeatures, x_hat, x2, m1_image, m2_image):
+    """Eq. 10 with toy-clip's vision layers as the feature network V ("toy-perceptual"; the paper
+    uses VGG): || V(x-hat_1 * M_1) - V(x_2 * M_2) ||^2 summed over layers."""
+    a = clip.pixel_hidden_states(x_hat * m1_image)
+    b = clip.pixel_hidden_states(x2 * m2_image)
+    return sum(((fa - fb) ** 2).mean((1, 2)) for fa, fb in zip(a, b))
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    paired: torch.Tensor
+    mask: torch.Tensor
+    global_: torch.Tensor
+    loc: torch.Tensor
+    perc: torch.Tensor
+
+
+def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, differences, x1, x2,
+              m1, m2, generator=None, lambda_perc: float = 0.1, use=("mask", "global", "loc", "perc")) -> LossTerms:
+    """The full objective (Eq. 12) for a batch of (source x_1, pseudo-target x_2, masks M_1, M_2
+    in pixels (B, 1, H, W), edit prompts y_2 (encoded in `text_states`), differences y_2^diff):
+
+        (1 - t/T) (L_loc + L_global) + (t/T) L_mask + lambda_perc L_perc
+
+    ``use`` selects the terms (ablations of Table 2); without "mask", L_paired replaces L_mask."""
+    sf = vae.config.scaling_factor
+    with torch.no_grad():
+        z1 = vae.encode(x1).latent_dist.mean * sf
+        z2 = vae.encode(x2).latent_dist.mean * sf
+    T = scheduler.config.num_train_timesteps
+    # drawn on the generator's device (a CUDA generator cannot draw on the CPU), then moved
+    gen_device = generator.device if generator is not None else z1.device
+    t = torch.randint(0, T, (x1.shape[0],), generator=generator, device=gen_device).to(z1.device)
+    eps1 = torch.randn(z1.shape, generator=generator, device=gen_device).to(z1)
+    z_t = noisy_source(scheduler, z1, t, eps1)                   # Eq. 2
+    eps2 = target_noise(scheduler, z_t, z2, t)                    # Eq. 3
+    eps_pred = unet(z_t, t, encoder_hidden_states=text_states).sample
+    w_clip, w_noise = time_weights(t, T)
+    zero = torch.zeros((), device=z1.device)
+    paired = loss_paired(eps_pred, eps2)                          # Eq. 4
+    lm1 = F.interpolate(m1, size=z1.shape[-2:], mode="area")
+    lm2 = F.interpolate(m2, size=z1.shape[-2:], mode="area")
+    mask = loss_mask(eps_pred, eps1, eps2, lm1, lm2) if "mask" in use else zero   # Eq. 8-9
+    noise_term = mask if "mask" in use else paired
+    need_image = any(u in use for u in ("global", "loc", "perc"))
+    g = loc = perc = torch.zeros(x1.shape[0], device=z1.device)
+    if need_image:
+        x_hat = vae.decode(predict_z0(scheduler, z_t, eps_pred, t).clamp(-20, 20) / sf).sample.clamp(-1, 1)  # Eq. 6-7
+        if "global" in use:
+            g = loss_global(clip, x_hat, prompts)                 # Eq. 5
+        if "loc" in use:
+            loc = loss_loc(clip, x_hat, m1, differences)          # Eq. 11
+        if "perc" in use:
+            perc = loss_perc(clip, x_hat, x2, m1, m2)             # Eq. 10
+    total = (w_clip * (loc + g)).mean() + (w_noise.mean() * noise_term) + lambda_perc * perc.mean()
+    return LossTerms(total, paired.detach(), mask.detach(), g.mean().detach(), loc.mean().detach(), perc.mean().detach())
+
+
+def trainable_groups(unet) -> tuple[list, list]:
+    """The two parameter groups iEdit updates alternately (Sec. 4.1): the UNet's input blocks
+    (conv_in, time embedding, down blocks) and its middle block."""
+    inp = list(unet.conv_in.parameters()) + list(unet.time_embedding.parameters()) + list(unet.down_blocks.parameters())
+    mid = list(unet.mid_block.parameters())
+    return inp, mid

@@ -1,0 +1,347 @@
+"""The training tasks of the ToyWorld models (see :mod:`editnb.training` for the protocol).
+
+Order matters: ``vae`` and ``clip`` first (independent), then ``sd`` (needs both), then ``ip2p``
+(starts from toy-sd's UNet, as InstructPix2Pix starts from SD) and ``ip-adapter`` (trains only
+the adapter of a frozen toy-sd).  The data of step k is a pure function of k (ToyWorld indices).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models import IP_ADAPTER_WEIGHTS, models_dir, tokenize
+from . import architectures as arch
+from . import ip_adapter, world
+from .data import segmentation_batch, to_tensor
+from .vocab import build_tokenizer
+
+# ------------------------------------------------------------------ data of step k
+
+
+def scene_batch(step: int, batch_size: int, seed: int = 0):
+    start = (seed * 7919 + step * batch_size) % 9_000_000
+    scenes = [world.scene_for("train", start + i) for i in range(batch_size)]
+    images = torch.stack([to_tensor(world.render(s)) for s in scenes])
+    return images, [s.caption for s in scenes]
+
+
+def edit_batch(step: int, batch_size: int, seed: int = 0):
+    start = (seed * 7919 + step * batch_size) % 9_000_000
+    edits = [world.edit_for("train", start + i) for i in range(batch_size)]
+    src = torch.stack([to_tensor(e.source_image()) for e in edits])
+    tgt = torch.stack([to_tensor(e.edited_image()) for e in edits])
+    return src, tgt, [e.instruction for e in edits]
+
+
+def _load_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(models_dir() / "toy-clip"))
+
+
+def _load_frozen(name: str, device):
+    """Load a shipped toy model needed by a later recipe, frozen, in fp32."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    folder = models_dir() / name
+    try:
+        if name == "toy-vae":
+            m = AutoencoderKL.from_pretrained(str(folder), dtype=torch.float32)
+        else:
+            m = CLIPTextModel.from_pretrained(str(folder), dtype=torch.float32)
+    except OSError as e:
+        raise RuntimeError(f"{name} is missing in {folder}; train it first with `editnb toy train "
+                           f"{name.removeprefix('toy-')}`") from e
+    return m.to(device).eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------ tasks
+
+
+class _Task:
+    """A toy model's task: the protocol of :mod:`editnb.training` plus ``export`` (write the
+    shipped folder) and ``previous`` (the record of the run it continues, for the card)."""
+
+    name: str
+    previous: dict | None = None
+
+    data_fn = staticmethod(scene_batch)  # (step, batch_size, seed) -> CPU batch; runs in loader workers
+
+    def trainable(self) -> torch.nn.Module: ...
+    def loss(self, batch, gen: torch.Generator) -> torch.Tensor: ...
+    def export(self, module: torch.nn.Module, out: Path) -> None: ...
+
+
+class VAETask(_Task):
+    name = "vae"
+
+    def __init__(self, device, recipe, seed):
+        self.device, self.recipe, self.seed = device, recipe, seed
+        self.vae = arch.new_vae().to(device)
+
+    def trainable(self):
+        return self.vae
+
+    def loss(self, batch, gen):
+        images, _ = batch
+        images = images.to(self.device)
+        posterior = self.vae.encode(images).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(self.device)
+        recon = self.vae.decode(z).sample
+        # L1 keeps flat colours crisp; the tiny KL keeps the latent space smooth (as SD's VAE)
+        return F.mse_loss(recon, images) + 0.5 * F.l1_loss(recon, images) + 1e-6 * posterior.kl().mean()
+
+    def export(self, module, out):
+        # scaling factor from the data, as SD does: latents * factor have unit variance
+        with torch.no_grad():
+            images, _ = scene_batch(10_000, 256, seed=1)
+            z = module.encode(images.to(self.device)).latent_dist.sample()
+        module.register_to_config(scaling_factor=float(1.0 / z.std()))
+        module.to(torch.float16).save_pretrained(str(out))
+
+
+class CLIPTask(_Task):
+    name = "clip"
+
+    def __init__(self, device, recipe, seed):
+        self.device, self.recipe, self.seed = device, recipe, seed
+        import tempfile
+
+        self.tok = build_tokenizer(tempfile.mkdtemp(prefix="editnb-tok-"))
+        self.clip = arch.new_clip(self.tok).to(device)
+
+    def trainable(self):
+        return self.clip
+
+    def loss(self, batch, gen):
+        images, captions = batch
+        ids = tokenize(self.tok, captions).to(self.device)
+        # several scenes in a batch can share a caption: treat them all as positives
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32, device=self.device)
+        out = self.clip(input_ids=ids, pixel_values=images.to(self.device))
+        target = same / same.sum(1, keepdim=True)
+        return (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)) / 2
+
+    def export(self, module, out):
+        module.to(torch.float16).save_pretrained(str(out))
+        self.tok.save_pretrained(str(out))
+        arch.new_image_processor().save_pretrained(str(out))
+
+
+def _encode_text(tok, text_encoder, texts, device):
+    return text_encoder(tokenize(tok, texts).to(device)).last_hidden_state
+
+
+def _min_snr_weight(scheduler, t, gamma=5.0):
+    """Min-SNR-gamma loss weighting (Hang et al. 2023) for epsilon prediction: faster convergence."""
+    alphas = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def _training_record(folder: Path) -> dict | None:
+    """The training summary of a shipped model that a run continues (for its card)."""
+    record = folder / "training.json"
+    if not record.exists():
+        return None
+    prev = json.loads(record.read_text())
+    return {k: prev[k] for k in ("steps", "recipe", "seed", "train_seconds", "device", "continued_from") if k in prev}
+
+
+class SDTask(_Task):
+    name = "sd"
+    caption_dropout = 0.1
+
+    def __init__(self, device, recipe, seed):
+        self.device, self.recipe, self.seed = device, recipe, seed
+        self.tok = _load_tokenizer()
+        self.text_encoder = _load_frozen("toy-clip", device)
+        self.vae = _load_frozen("toy-vae", device)
+        self.scheduler = arch.new_scheduler()
+        self.previous = None
+        if recipe.init:  # continue a shipped model: its UNet, and its training record for the card
+            from diffusers import UNet2DConditionModel
+
+            self.unet = UNet2DConditionModel.from_pretrained(recipe.init, subfolder="unet",
+                                                             dtype=torch.float32).to(device)
+            self.previous = _training_record(Path(recipe.init))
+        else:
+            self.unet = self.new_unet().to(device)
+
+    def new_unet(self):
+        return arch.new_unet()
+
+    def trainable(self):
+        return self.unet
+
+    def diffusion_loss(self, latents, cond, gen, extra=None, added_cond_kwargs=None):
+        noise = torch.randn(latents.shape, generator=gen).to(self.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(self.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        inp = noisy if extra is None else torch.cat([noisy, extra], 1)
+        pred = self.unet(inp, t, cond, added_cond_kwargs=added_cond_kwargs).sample
+        per_item = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
+        return (per_item * _min_snr_weight(self.scheduler, t)).mean()
+
+    @torch.no_grad()
+    def latents(self, images):
+        z = self.vae.encode(images.to(self.device)).latent_dist.sample()
+        return z * self.vae.config.scaling_factor
+
+    def loss(self, batch, gen):
+        images, captions = batch
+        drop = torch.rand(len(captions), generator=gen) < self.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop)]
+        with torch.no_grad():
+            cond = _encode_text(self.tok, self.text_encoder, captions, self.device)
+        return self.diffusion_loss(self.latents(images), cond, gen)
+
+    pipeline_class = "StableDiffusionPipeline"
+
+    def export(self, module, out):
+        """Save a whole pipeline folder (unet, vae, text_encoder, tokenizer, scheduler) in fp16."""
+        import diffusers
+        from transformers import CLIPTextModel
+
+        text_encoder = CLIPTextModel.from_pretrained(str(models_dir() / "toy-clip"), dtype=torch.float16)
+        pipe = getattr(diffusers, self.pipeline_class)(
+            vae=self.vae.to(torch.float16), text_encoder=text_encoder, tokenizer=self.tok,
+            unet=module.to(torch.float16), scheduler=self.scheduler, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(str(out))
+
+
+class IP2PTask(SDTask):
+    """InstructPix2Pix (Brooks et al. 2023): the UNet sees [noisy target latent, source latent]
+    and the instruction; 5% text dropped, 5% image dropped, 5% both (their Sec. 3.2.1)."""
+
+    name = "ip2p"
+    dropout = 0.05
+    pipeline_class = "StableDiffusionInstructPix2PixPipeline"
+
+    def new_unet(self):
+        from diffusers import UNet2DConditionModel
+
+        unet = arch.new_unet(in_channels=2 * arch.LATENT_CHANNELS)
+        try:  # start from toy-sd, extra input channels zero-initialised, as InstructPix2Pix does
+            sd = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet",
+                                                      dtype=torch.float32)
+        except OSError as e:
+            raise RuntimeError("toy-sd is missing; train it first with `editnb toy train sd`") from e
+        state = sd.state_dict()
+        w = state["conv_in.weight"]
+        state["conv_in.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
+        unet.load_state_dict(state)
+        return unet
+
+    data_fn = staticmethod(edit_batch)
+
+    def loss(self, batch, gen):
+        src, tgt, instructions = batch
+        r = torch.rand(len(instructions), generator=gen)
+        drop_text = r < 2 * self.dropout
+        drop_image = (r >= self.dropout) & (r < 3 * self.dropout)
+        instructions = ["" if d else s for s, d in zip(instructions, drop_text)]
+        with torch.no_grad():
+            cond = _encode_text(self.tok, self.text_encoder, instructions, self.device)
+            # the pipeline feeds the UNSCALED mode of the source latent (diffusers' IP2P pipeline)
+            src_latents = self.vae.encode(src.to(self.device)).latent_dist.mode()
+        src_latents = src_latents * (~drop_image).float().to(self.device)[:, None, None, None]
+        return self.diffusion_loss(self.latents(tgt), cond, gen, extra=src_latents)
+
+
+class IPAdapterTask(SDTask):
+    """IP-Adapter (Ye et al. 2023) for toy-sd: a projection of the CLIP image embedding to 4
+    tokens and decoupled key/value projections in every cross-attention layer; the UNet stays
+    frozen.  Trained on (image, caption) with 5% of captions and 5% of images dropped."""
+
+    name = "ip-adapter"
+
+    def __init__(self, device, recipe, seed):
+        from diffusers import StableDiffusionPipeline
+
+        import tempfile
+
+        self.device, self.recipe, self.seed = device, recipe, seed
+        self.previous = _training_record(Path(recipe.init)) if recipe.init else None
+        if recipe.init:  # continue a shipped adapter
+            folder = Path(recipe.init)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="editnb-ip-adapter-"))
+            ip_adapter.write_initial(folder)
+        pipe = StableDiffusionPipeline.from_pretrained(str(models_dir() / "toy-sd"), dtype=torch.float32)
+        pipe.load_ip_adapter(str(folder), subfolder="models", weight_name=IP_ADAPTER_WEIGHTS)
+        pipe.to(device)
+        self.pipe, self.tok, self.text_encoder, self.vae = pipe, pipe.tokenizer, pipe.text_encoder, pipe.vae
+        self.unet, self.scheduler = pipe.unet, arch.new_scheduler()
+        self.image_encoder = pipe.image_encoder.to(torch.float32)
+        for m in (self.unet, self.text_encoder, self.vae, self.image_encoder):
+            m.requires_grad_(False)
+        self.adapter = torch.nn.ModuleDict({
+            "image_proj": self.unet.encoder_hid_proj,
+            "layers": torch.nn.ModuleList([p for p in self.unet.attn_processors.values()
+                                           if hasattr(p, "to_k_ip")]),
+        })
+        self.adapter.requires_grad_(True)
+
+    def trainable(self):
+        return self.adapter
+
+    def loss(self, batch, gen):
+        images, captions = batch
+        r = torch.rand(len(captions), generator=gen)
+        p = self.recipe.caption_dropout
+        captions = ["" if x < p else c for c, x in zip(captions, r)]
+        with torch.no_grad():
+            text = _encode_text(self.tok, self.text_encoder, captions, self.device)
+            embeds = self.image_encoder(pixel_values=images.to(self.device)).image_embeds
+        # 5% of images dropped, never together with the caption (r in [p, p + 0.05))
+        embeds = embeds * ((r < p) | (r >= p + 0.05)).float().to(self.device)[:, None]
+        # diffusers' UNet projects the image embedding itself (encoder_hid_proj) and hands the
+        # tokens to the IP-Adapter attention processors
+        return self.diffusion_loss(self.latents(images), text, gen,
+                                   added_cond_kwargs={"image_embeds": [embeds[:, None]]})
+
+    def export(self, module, out):
+        ip_adapter.write_image_encoder(out / "models" / "image_encoder")
+        ip_adapter.save(self.unet, out)
+
+
+class CLIPSegTask(_Task):
+    """CLIPSeg (Lueddecke & Ecker 2022) for ToyWorld: toy-clip's towers, frozen as CLIPSeg freezes
+    CLIP, and the FiLM-conditioned decoder trained with binary cross-entropy on exact masks of
+    text queries ('red circle', 'circle', 'green background', absent objects -> empty)."""
+
+    name = "clipseg"
+    data_fn = staticmethod(segmentation_batch)
+
+    def __init__(self, device, recipe, seed):
+        from transformers import CLIPModel
+
+        self.device, self.recipe, self.seed = device, recipe, seed
+        self.tok = _load_tokenizer()
+        clip = CLIPModel.from_pretrained(str(models_dir() / "toy-clip"), dtype=torch.float32)
+        self.model = arch.new_clipseg(clip).to(device)
+        self.model.clip.requires_grad_(False)
+
+    def trainable(self):
+        return self.model
+
+    def loss(self, batch, gen):
+        images, queries, masks = batch
+        ids = tokenize(self.tok, queries).to(self.device)
+        logits = self.model(input_ids=ids, pixel_values=images.to(self.device)).logits
+        return F.binary_cross_entropy_with_logits(logits, masks.to(self.device))
+
+    def export(self, module, out):
+        module.to(torch.float16).save_pretrained(str(out))
+        arch.new_clipseg_processor(self.tok).save_pretrained(str(out))
+
+
+#: the toy models that train with a task of this module (``editnb toy train`` adds iEdit's)
+TASKS = {"vae": VAETask, "clip": CLIPTask, "sd": SDTask, "ip2p": IP2PTask, "ip-adapter": IPAdapterTask,
+         "clipseg": CLIPSegTask}

@@ -1,0 +1,190 @@
+"""Issue 18, "nothing silently wrong": benchmark folders, benchmark data and options, the CLI.
+
+Each test is a case of the issue that gave a wrong result or an unclear error; it asserts the
+right result or an error that says what was wrong and how to fix it.  Inputs: images, masks,
+prompts and arguments of library calls are in tests/test_robustness_inputs.py."""
+import json
+
+import numpy as np
+import pytest
+
+from editnb import cli
+from editnb.bench import data as D
+from editnb.bench import runner as R
+from editnb.runtime import data_dir
+
+CALLS = []
+
+
+@R.register("robust-identity", needs=("target_prompt",))
+def _identity(ctx, item, generator, steps, gain: float = 1.0):
+    """Returns the source image (a method that costs nothing)."""
+    CALLS.append(item.id)
+    return item.image
+
+
+@R.register("robust-other", needs=("target_prompt",))
+def _other(ctx, item, generator, steps):
+    """Another free method."""
+    return item.image
+
+
+@pytest.fixture(scope="module")
+def pie(tmp_path_factory):
+    return D.write_toy_pie(tmp_path_factory.mktemp("pie") / "toy-pie", per_type=1)
+
+
+def _run(method, data, out, **kw):
+    return R.run(method, data, out, process_index=0, num_processes=1, **{"steps": 2, "limit": 2, **kw})
+
+
+# ------------------------------------------------------------------ run folders are keyed
+
+
+def test_a_folder_refuses_results_of_other_settings(pie, tmp_path):
+    out = tmp_path / "run"
+    _run("robust-identity", pie, out)
+    for change, named in [({"method": "robust-other"}, "method"), ({"steps": 3}, "steps"), ({"seed": 1}, "seed"),
+                          ({"options": {"gain": 2.0}}, "options")]:
+        kw = {"method": "robust-identity", **change}
+        with pytest.raises(ValueError, match=rf"other settings \({named}: .*new --out folder"):
+            _run(kw.pop("method"), pie, out, **kw)
+    assert len(R.rows(out)) == 2 and R.summarize(out)["method"] == "robust-identity"
+    # the same settings resume (nothing recomputed), and may extend the folder to more items
+    CALLS.clear()
+    _run("robust-identity", pie, out, limit=3)
+    assert len(CALLS) == 1 and len(R.rows(out)) == 3
+
+
+def test_rows_record_their_settings_and_data_is_part_of_the_key(pie, tmp_path):
+    out = tmp_path / "run"
+    _run("robust-identity", pie, out, options={"gain": 0.5})
+    settings = R.rows(out)[0]["settings"]
+    assert settings["method"] == "robust-identity" and settings["steps"] == 2 and settings["seed"] == 0
+    assert settings["profile"] == "toy" and settings["options"] == {"gain": 0.5}
+    assert json.loads((out / "run.json").read_text())["settings"] == settings
+    other = D.write_toy_pie(tmp_path / "other-pie", per_type=1, seed=1)  # other items, other mapping
+    with pytest.raises(ValueError, match="data: "):
+        _run("robust-identity", other, out, options={"gain": 0.5})
+
+
+def test_unknown_method_options_are_refused(pie, tmp_path):
+    with pytest.raises(ValueError, match=r"no option \['strength'\]; its options are \{'gain': 1.0\}"):
+        _run("robust-identity", pie, tmp_path / "run", options={"strength": 0.7})
+
+
+def test_a_folder_of_an_older_version_is_not_extended(pie, tmp_path):
+    out = tmp_path / "run"
+    (out / "rows").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"method": "robust-identity", "steps": 2, "seed": 0}))
+    (out / "rows" / "x.json").write_text(json.dumps({"id": "x", "method": "robust-identity", "seconds": 1.0}))
+    with pytest.raises(ValueError, match="did not record their settings"):
+        _run("robust-identity", pie, out)
+
+
+def test_a_table_of_mixed_rows_is_refused(pie, tmp_path):
+    out = tmp_path / "run"
+    _run("robust-identity", pie, out)
+    path = sorted((out / "rows").glob("*.json"))[0]
+    row = json.loads(path.read_text())
+    row["settings"]["steps"] = 50
+    path.write_text(json.dumps(row))
+    with pytest.raises(ValueError, match="mixes rows of 2 different settings"):
+        R.table([out])
+
+
+# ------------------------------------------------------------------ benchmark data and options
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5])
+def test_limit_must_be_a_positive_count(pie, tmp_path, limit):
+    with pytest.raises(ValueError, match="limit must be a positive number of items"):
+        _run("robust-identity", pie, tmp_path / "run", limit=limit)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
+def test_runner_checks_steps_before_any_compute(pie, tmp_path, steps):
+    CALLS.clear()
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        _run("robust-identity", pie, tmp_path / "run", steps=steps)
+    assert not CALLS
+
+
+def _edit_mapping(root, fn):
+    mapping = root / "mapping_file.json"
+    entries = json.loads(mapping.read_text())
+    fn(entries)
+    mapping.write_text(json.dumps(entries))
+
+
+@pytest.fixture
+def own_pie(tmp_path):
+    return D.write_toy_pie(tmp_path / "pie", per_type=1)
+
+
+def test_three_blend_words_keep_the_first_two_as_the_official_script(own_pie):
+    def three(entries):
+        next(iter(entries.values()))["blended_word"] = "red blue circle"
+    _edit_mapping(own_pie, three)
+    assert D.load_pie_bench(own_pie)[0].blend_words == ("red", "blue")
+
+
+def test_invalid_mapping_json_and_missing_keys_are_named(own_pie):
+    mapping = own_pie / "mapping_file.json"
+    good = mapping.read_text()
+    mapping.write_text(good[:-5])
+    with pytest.raises(ValueError, match=r"mapping_file.json is not valid JSON \(line \d+"):
+        D.load_pie_bench(own_pie)
+    mapping.write_text(good)
+
+    def drop(entries):
+        del entries[sorted(entries)[0]]["editing_prompt"]
+    _edit_mapping(own_pie, drop)
+    with pytest.raises(ValueError, match=r"item 100000 .* lacks \['editing_prompt'\]"):
+        D.load_pie_bench(own_pie)
+    with pytest.raises(ValueError, match="unknown editing types"):
+        D.load_pie_bench(own_pie, types=["12"])
+
+
+@pytest.mark.parametrize("size", [(64, 48), (60, 60)])
+def test_bad_image_sizes_are_refused_before_any_compute(own_pie, tmp_path, size):
+    from PIL import Image
+
+    first = json.loads((own_pie / "mapping_file.json").read_text())["100000"]
+    path = own_pie / "annotation_images" / first["image_path"]
+    Image.open(path).resize(size).save(path)
+    CALLS.clear()
+    with pytest.raises(ValueError, match=r"item 100000: the image is \d+x\d+; benchmark images must be square"):
+        _run("robust-identity", own_pie, tmp_path / "run")
+    assert not CALLS
+
+
+def test_missing_relative_data_folder_names_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="does not exist .*relative paths start at the current folder.*pass that path"):
+        D.load_pie_bench("data/bench/toy-pie")
+
+
+# ------------------------------------------------------------------ the CLI: defaults and one-line errors
+
+
+def test_default_data_works_from_outside_the_repository(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert (data_dir() / "bench" / "toy-pie").is_dir()
+    code = cli.main(["bench", "run", "--method", "robust-identity", "--out", "run", "--limit", "1", "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert "1/1 items done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--limit", "0"], "limit must be a positive number of items"),
+    (["--limit", "-2"], "limit must be a positive number of items"),
+    (["--option", "strength"], "--option takes NAME=VALUE"),
+    (["--option", "strength=0.7"], "has no option"),
+    (["--data", "nowhere"], "does not exist"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, capsys, args, message):
+    code = cli.main(["bench", "run", "--method", "robust-identity", "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err
