@@ -34,6 +34,8 @@ def main():
     configs = [
         ("plain sampling", lambda: sample([SOURCE]), None),
         ("AttentionStore, cross only", lambda: sample([SOURCE], AttentionStore(kinds=("cross",))), "plain sampling"),
+        ("AttentionStore, cross only, kept on the device",
+         lambda: sample([SOURCE], AttentionStore(kinds=("cross",), device=None)), "plain sampling"),
         ("AttentionStore, cross + self <= 32x32", lambda: sample([SOURCE], AttentionStore()), "plain sampling"),
         ("two P2P branches, no control", lambda: sample([SOURCE, TARGET]), None),
         ("P2P word swap + local blend", lambda: prompt_to_prompt(pipe, SOURCE, TARGET, steps=args.steps,

@@ -195,6 +195,8 @@ def test_registered_methods_run_on_a_bench_item(rt):
     ctx = Context()
     ran = []
     for name, method in sorted(METHODS.items()):
+        if not method.models:  # a stand-in registered by another test of the session
+            continue
         if not all(REGISTRY[m].sd15 for m in method.models):
             # no public weights (iEdit, EditCLIP's editor): the sd15 chapter runs what can run (tests above)
             with pytest.raises(RuntimeError, match="no public sd15 weights"):

@@ -57,7 +57,8 @@ def test_shipped_weights_are_stored_once_and_small():
     for folder, dirs, files in os.walk(D):  # symbolic links are shared weights: count their targets once
         size += sum(os.lstat(os.path.join(folder, f)).st_size for f in files
                     if not os.path.islink(os.path.join(folder, f)))
-    assert size < 30 * 10 ** 6, f"data/models is {size / 1e6:.1f} MB; keep it under 30 MB"
+    # the size budget (GUIDE): the tree must travel to a lent GPU machine under 64 MiB
+    assert size < 48 * 10 ** 6, f"data/models is {size / 1e6:.1f} MB; keep it under 48 MB"
     for link in [p for p in D.rglob("*") if p.is_symlink()]:
         assert link.exists() and not os.path.isabs(os.readlink(link)), f"{link} must be a relative, valid link"
     for config in D.rglob("*.json"):

@@ -34,6 +34,7 @@ from .. import diffusion
 from ..attention import AttentionStore, Controller, attach
 from ..attention.controller import BIAS, IP2P, NOTHING, OUTPUT, PROBS, layout_of
 from ..attention.words import word_tokens
+from ..clustering import kmeans
 from ..runtime import check_n_clusters
 
 STOP_WORDS = frozenset("""a an the and or of to in on at into onto with by for from as is are be it its this that
@@ -105,7 +106,7 @@ class _FeatureCollector(AttentionStore):
     guess = IP2P  # without a published layout: InstructPix2Pix's [text+image, image only, none]
 
     def __init__(self, resolutions, steps: int):
-        super().__init__(kinds=("cross",))
+        super().__init__(kinds=("cross",), device=None)  # maps stay on the device until aggregated
         self.resolutions, self.feature_steps = set(resolutions), steps
         self.features: dict[int, list[torch.Tensor]] = {}
 
@@ -119,7 +120,7 @@ class _FeatureCollector(AttentionStore):
     def observe_output(self, out, site):
         if site.kind == "self" and site.resolution in self.resolutions:
             image = layout_of(site, out.shape[0], IP2P).rows(guidance="image")
-            self.features.setdefault(site.resolution, []).append(out[image].mean(0).detach().float().cpu())
+            self.features.setdefault(site.resolution, []).append(out[image].mean(0).detach().float())
 
 
 _PROBS, _BIAS, _OUTPUT = frozenset({PROBS}), frozenset({BIAS}), frozenset({OUTPUT})
@@ -136,16 +137,17 @@ def _default_resolutions(unet) -> list[int]:
     return official if len(official) >= 2 else levels
 
 
-def cluster(features: np.ndarray, n_clusters: int = 8, method: str = "kmeans", distance_threshold: float = 0.5,
+def cluster(features, n_clusters: int = 8, method: str = "kmeans", distance_threshold: float = 0.5,
             seed: int = 0) -> np.ndarray:
-    """Cluster (N, C) L2-normalised features: KMeans with `n_clusters`, or agglomerative clustering
-    with cosine distance and a threshold in (0, 1) instead of a cluster count (Sec. A.7.2; higher
-    threshold, more clusters)."""
+    """Cluster (N, C) L2-normalised features (array or tensor): KMeans with `n_clusters` (in torch on
+    the features' device: :func:`editnb.clustering.kmeans`), or agglomerative clustering with cosine
+    distance and a threshold in (0, 1) instead of a cluster count (Sec. A.7.2; higher threshold, more
+    clusters)."""
     if method == "kmeans":
-        from sklearn.cluster import KMeans
-
-        n_clusters = check_n_clusters(n_clusters, len(features))
-        return KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit_predict(features)
+        x = torch.as_tensor(features)
+        n_clusters = check_n_clusters(n_clusters, len(x))
+        return kmeans(x, n_clusters, n_init=3, seed=seed).cpu().numpy()
+    features = features.cpu().numpy() if torch.is_tensor(features) else features
     if method == "agglomerative":
         from sklearn.cluster import AgglomerativeClustering
 
@@ -197,15 +199,16 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
         f = f.T.reshape(1, -1, r, r)
         per_res.append(F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)[0])
     feats = F.normalize(torch.cat(per_res, 0), dim=0)  # L2 over the concatenated channels
-    flat = feats.reshape(feats.shape[0], -1).T.numpy()
+    flat = feats.reshape(feats.shape[0], -1).T
     how = dict(n_clusters=n_clusters, method=clustering, distance_threshold=distance_threshold, seed=seed)
     segments = cluster(flat, **how).reshape(size, size)
+    flat = flat.cpu().numpy()
     bounds = np.cumsum([0] + [f.shape[0] for f in per_res])
     channels = {r: (int(a), int(b)) for r, a, b in zip(resolutions, bounds[:-1], bounds[1:])}
 
     token_maps, total = {}, None
     for res in sorted({s.resolution for s in collector.sites.values()}):
-        agg = collector.aggregate("cross", resolution=res)[0]  # (res, res, keys), text branch
+        agg = collector.aggregate("cross", resolution=res)[0].float().cpu()  # (res, res, keys), text branch
         up = F.interpolate(agg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
         total = up if total is None else total + up
     for w, pos in word_tokens(pipe.tokenizer, instruction):

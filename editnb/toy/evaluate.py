@@ -250,6 +250,14 @@ def iedit_scores(n: int = 15) -> dict:
     return {key: {m: r[col] for m, r in rows.items()} for key, col in columns.items()}
 
 
+def editclip_scores(n: int = 36) -> dict:
+    """EditCLIP: retrieval MAP@10 on held-out pairs (vs CLIP and CLIP-Dir) and exemplar transfer on
+    `n` held-out quartets (trained vs re-initialised projection); see editnb.methods.editclip.toy_eval."""
+    from ..methods.editclip.toy_eval import toy_figures
+
+    return toy_figures(n_edits=n, steps=SAMPLING["steps"])
+
+
 METRICS = {
     "vae_psnr": lambda n: {"vae_psnr": vae_psnr(n or 128)},
     "clip_top1": lambda n: {"clip_top1": clip_top1(n or 150)},
@@ -260,6 +268,7 @@ METRICS = {
     "ip_adapter": lambda n: {**ip_adapter_similarity(n or 40), **ip_adapter_recall(n or 100)},
     "clipseg": lambda n: clipseg_scores(n or 200),
     "iedit": lambda n: iedit_scores(n or 15),
+    "editclip": lambda n: editclip_scores(n or 36),
 }
 CARD_KEYS = {
     "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
@@ -268,6 +277,9 @@ CARD_KEYS = {
                        "ip_adapter_recall_unrelated", "ip_adapter_recall_per_sample"],
     "toy-clipseg": ["clipseg_iou", "clipseg_absent_ok"],
     "toy-iedit": ["iedit_clipscore", "iedit_toy_fid", "iedit_ssim_m", "iedit_ssim_m_bar", "iedit_success"],
+    "toy-editclip": ["editclip_map10", "editclip_map10_clip", "editclip_map10_clipdir", "editclip_auc"],
+    "toy-editclip-ip2p": ["editclip_success", "editclip_success_untrained", "editclip_kind", "editclip_kind_untrained",
+                          "editclip_success_by_kind"],
 }
 
 
@@ -331,6 +343,9 @@ def print_table(results: dict) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
                 print(f"  {key}[{k}]".ljust(28) + f"{v:>10.3f}")
+            continue
+        if isinstance(value, str):  # a note that goes with the figures (e.g. how a model was trained)
+            print(f"{key:<28}{value}")
             continue
         op, target = TARGETS.get(key, ("", None))
         mark = "" if target is None else f"{op} {target}  " + ("ok" if value >= target else "below")

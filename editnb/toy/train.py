@@ -15,6 +15,7 @@ import copy
 import json
 from pathlib import Path
 
+from ..methods.editclip import task as editclip_task
 from ..methods.iedit.task import IEditTask
 from ..models import models_dir
 from ..training import Recipe, fit
@@ -22,8 +23,9 @@ from .cards import write_card
 from .tasks import TASKS as TOY_TASKS
 from .weights import share_weights
 
-MODELS = ("vae", "clip", "sd", "ip2p", "ip-adapter", "clipseg", "iedit")
-TASKS = {**TOY_TASKS, "iedit": IEditTask}
+# the methods' own tasks (iEdit's fine-tune, EditCLIP's pair encoder and exemplar editor) train here too
+TASKS = {**TOY_TASKS, "iedit": IEditTask, **editclip_task.TASKS}
+MODELS = tuple(TASKS)
 
 # The shipped runs (see each model card).  vae and clip were trained on the 2-core CPU; the rest on
 # a lent GPU, where each takes minutes (on the CPU, expect about 1 s per step at batch 32).
@@ -38,6 +40,7 @@ RECIPES = {
     "ip-adapter": Recipe(steps=3400, batch_size=128, lr=5e-4),
     "clipseg": Recipe(steps=3500, batch_size=128, lr=1e-3, weight_decay=0.01),
     "iedit": Recipe(steps=1100, batch_size=32, lr=2e-4, warmup=20, options={"pairs": 4096, "pool": 8192}),
+    **editclip_task.RECIPES,
 }
 
 

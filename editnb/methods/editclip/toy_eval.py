@@ -11,6 +11,7 @@ import torch
 from ... import diffusion
 from ... import metrics as M
 from ...toy import oracle
+from . import card  # noqa: F401  (the cards' descriptions, for editnb toy eval --update-cards)
 from .inference import ExemplarEditor, exemplar_edit
 
 PAPER_TABLE_1 = {  # supplement Table 1 (TOP-Bench-X); LPIPS and S_visual are printed with a down arrow there
@@ -75,8 +76,31 @@ def table_1(outputs: dict, quartets, encoder, features) -> dict[str, dict[str, f
             "S_visual": float(M.s_visual(features, queries, images, ex_in, ex_ed).mean()),
             "EC2EC": float(M.ec2ec(encoder, queries, images, ex_in, ex_ed).mean()),
             "oracle success": float(np.mean([oracle.edit_success(im, q.query) for im, q in zip(images, quartets)])),
+            "kind transferred": float(np.mean([kind_transferred(im, q.query) for im, q in zip(images, quartets)])),
         }
     return rows
+
+
+def kind_transferred(image, edit) -> bool:
+    """Did the output change the query the way the edit's kind does (the oracle's reading of the
+    output against the query's source), whether or not the exact target came out?  Recolour: the
+    shapes stay, a colour changes; reshape: the colours stay, a shape changes; add/remove: one
+    object more/fewer; move: the same objects, a cell changes; background: the background changes."""
+    got = oracle.read(image)
+    src = edit.source
+    objs = {(d.color, d.shape) for d in got.objects}
+    want = {(o.color, o.shape) for o in src.objects}
+    if edit.kind == "background":
+        return got.background != src.background
+    if edit.kind == "add":
+        return len(got.objects) == len(src.objects) + 1
+    if edit.kind == "remove":
+        return len(got.objects) == len(src.objects) - 1
+    if edit.kind == "move":
+        return objs == want and {(d.color, d.shape, d.cell) for d in got.objects} != {(o.color, o.shape, o.cell) for o in src.objects}
+    if edit.kind == "recolor":
+        return sorted(d.shape for d in got.objects) == sorted(o.shape for o in src.objects) and objs != want
+    return sorted(d.color for d in got.objects) == sorted(o.color for o in src.objects) and objs != want
 
 
 def success_by_kind(images, quartets) -> dict[str, float]:
@@ -106,4 +130,6 @@ def toy_figures(n_retrieval_groups: int = 40, n_edits: int = 36, steps: int = 25
     return {"editclip_map10": table["EditCLIP"]["MAP@10"], "editclip_map10_clip": table["CLIP"]["MAP@10"],
             "editclip_map10_clipdir": table["CLIP-Dir"]["MAP@10"], "editclip_auc": table["EditCLIP"]["AUC"],
             "editclip_success": ok(trained), "editclip_success_untrained": ok(control),
+            "editclip_kind": float(np.mean([kind_transferred(im, q.query) for im, q in zip(trained, qs)])),
+            "editclip_kind_untrained": float(np.mean([kind_transferred(im, q.query) for im, q in zip(control, qs)])),
             "editclip_success_by_kind": success_by_kind(trained, qs)}
