@@ -22,6 +22,7 @@ from .. import metrics as M
 from ..methods import get as get_method
 from ..methods.registry import ITEM_FIELDS, METHODS, Method, register  # noqa: F401  (re-exported)
 from ..images import to_numpy
+from ..runtime import data_dir
 from . import settings as S
 from .data import BenchItem, load_pie_bench
 
@@ -86,6 +87,16 @@ def item_metrics(ctx: Context, item: BenchItem, edited) -> dict:
     }
 
 
+
+def _shown(data) -> str:
+    """The benchmark folder as run.json records it: relative to the shipped data (``data/...``)
+    when it is the shipped benchmark, so results carry no path of the machine that made them."""
+    path = Path(data).resolve()
+    try:
+        return str(Path("data") / path.relative_to(data_dir().resolve()))
+    except ValueError:
+        return str(data)
+
 def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: int = 0, limit: int | None = None,
         profile: str | None = None, types=None, process_index: int | None = None,
         num_processes: int | None = None, stop_after: int | None = None, options: dict | None = None) -> dict:
@@ -118,7 +129,7 @@ def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: i
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     if process_index == 0:
-        _atomic_write(out / "run.json", json.dumps({"method": method, "data": str(data), "n_items": len(items),
+        _atomic_write(out / "run.json", json.dumps({"method": method, "data": _shown(data), "n_items": len(items),
                                                     "settings": settings}, indent=1).encode())
     done_now = 0
     t0 = time.time()
