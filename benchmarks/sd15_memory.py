@@ -109,20 +109,26 @@ def main(argv=None) -> list[tuple]:
         for offload in (False, True):
             _place(pipe, device, offload)
             with torch.no_grad():
-                secs, peak = harness.measure(fn, args.repeats, device)
-            rows.append((chapter, call, "on" if offload else "off", peak, secs))
+                rows.append(_row(chapter, call, "on" if offload else "off", harness.measure(fn, args.repeats, device)))
         _place(pipe, "cpu", False)
-    rows.append(("02", "iEdit fine-tuning step (Eq. 12, batch 1)", "n/a", *_train_step(sd, features, photos, device,
-                                                                                        dtype, args.repeats)))
+    rows.append(_row("02", "iEdit fine-tuning step (Eq. 12, batch 1)", "n/a",
+                     _train_step(sd, features, photos, device, dtype, args.repeats)))
     with torch.no_grad():
-        rows.append(("07", "metrics of one edit (CLIP L/14, DINO)", "n/a", *harness.measure(measure_metrics,
-                                                                                         args.repeats, device)))
+        rows.append(_row("07", "metrics of one edit (CLIP L/14, DINO)", "n/a",
+                         harness.measure(measure_metrics, args.repeats, device)))
     print(table(rows, args, device))
     return rows
 
 
+def _row(chapter: str, call: str, offload: str, measured: tuple[float, float]) -> tuple:
+    """A table row from `harness.measure`'s (seconds, peak MiB), in the table's column order (peak
+    before seconds): the one place the order flips, so no row can swap them."""
+    secs, peak = measured
+    return chapter, call, offload, peak, secs
+
+
 def _train_step(sd, features, photos, device, dtype, repeats) -> tuple[float, float]:
-    """(peak MiB, seconds) of one step of iEdit's objective on the UNet's input and middle blocks."""
+    """(seconds, peak MiB) of one step of iEdit's objective on the UNet's input and middle blocks."""
     sd.to(device)
     unet = sd.unet
     unet.enable_gradient_checkpointing()
@@ -148,10 +154,10 @@ def _train_step(sd, features, photos, device, dtype, repeats) -> tuple[float, fl
         terms.total.backward()
         opt.step()
 
-    secs, peak = harness.measure(step, repeats, device)
+    measured = harness.measure(step, repeats, device)
     unet.eval().requires_grad_(False)
     sd.to("cpu")
-    return peak, secs
+    return measured
 
 
 def table(rows, args, device) -> str:

@@ -233,10 +233,84 @@ def test_wordnet_prompts_say_how_to_get_wordnet():
         iedit.wordnet_edit_prompt("a red car", np.random.default_rng(0))
 
 
+class _Synset:
+    """A synset of the tiny WordNet below: lemmas, antonyms, hypernyms/hyponyms, similar_tos."""
+
+    def __init__(self, name, antonym=None):
+        self.name, self.antonym, self.hyper, self.hypo, self.similar = name, antonym, [], [], []
+
+    def lemmas(self):
+        syn = self
+        lemma = type("Lemma", (), {"name": lambda _: syn.name,
+                                   "antonyms": lambda _: [_Synset(syn.antonym).lemmas()[0]] if syn.antonym else []})
+        return [lemma()]
+
+    def hypernyms(self):
+        return self.hyper
+
+    def hyponyms(self):
+        return self.hypo
+
+    def similar_tos(self):
+        return self.similar
+
+
+def _tiny_wordnet():
+    """nltk's wordnet interface over a handful of words: "small" has the antonym "large"; "red" has
+    none but siblings under the head adjective "chromatic"; "car" has co-hyponyms under "vehicle";
+    "red" is also a noun (the colour) and "on" is nothing, so a wrong role or a stop word shows."""
+    import types
+
+    adj = {"small": [_Synset("small", antonym="large")], "red": [_Synset("red")]}
+    chromatic = _Synset("chromatic")
+    chromatic.similar = [adj["red"][0], _Synset("blue"), _Synset("green")]
+    adj["red"][0].similar = [chromatic]
+    vehicle, car = _Synset("vehicle"), _Synset("car")
+    car.hyper, vehicle.hypo = [vehicle], [car, _Synset("bus"), _Synset("truck")]
+    colour, red_noun = _Synset("colour"), _Synset("red")
+    red_noun.hyper, colour.hypo = [colour], [red_noun, _Synset("crimson")]
+    nouns = {"car": [car], "red": [red_noun], "dog": []}
+    wn = types.SimpleNamespace(ADJ="a", NOUN="n", ensure_loaded=lambda: None,
+                               synsets=lambda w, pos: (adj if pos == "a" else nouns).get(w, []))
+    corpus = types.ModuleType("nltk.corpus")
+    corpus.wordnet = wn
+    return corpus
+
+
+def test_wordnet_prompts_change_one_content_word_in_its_role(monkeypatch):
+    """The WordNet branch, on a tiny in-memory WordNet (no PyPI package ships its data): adjectives
+    get an antonym or a sibling colour, nouns a co-hyponym, stop words are never touched."""
+    import sys
+    import types
+
+    from editnb.methods import iedit
+
+    monkeypatch.setitem(sys.modules, "nltk", types.ModuleType("nltk"))
+    monkeypatch.setitem(sys.modules, "nltk.corpus", _tiny_wordnet())
+    seen = set()
+    for seed in range(40):
+        p = iedit.wordnet_edit_prompt("a red car on the road", np.random.default_rng(seed))
+        words, new_words = p.caption.split(), p.prompt.split()
+        changed = [k for k, (a, b) in enumerate(zip(words, new_words)) if a != b]
+        assert len(words) == len(new_words) and len(changed) == 1, p
+        k = changed[0]
+        assert words[k] in ("red", "car"), f"changed a stop word or an unknown word: {p}"
+        if words[k] == "red":  # the adjective sense (a sibling colour), never the noun's sibling "crimson"
+            assert new_words[k] in ("blue", "green") and p.relation == "co-hyponym", p
+        else:
+            assert new_words[k] in ("bus", "truck") and p.relation == "co-hyponym", p
+        seen.add(words[k])
+    assert seen == {"red", "car"}, "both content words should be drawn over 40 seeds"
+    small = iedit.wordnet_edit_prompt("a small dog", np.random.default_rng(0))
+    assert (small.prompt, small.relation) == ("a large dog", "antonym")
+    with pytest.raises(ValueError, match="no adjective or noun"):
+        iedit.wordnet_edit_prompt("a dog on the floor", np.random.default_rng(0))
+
+
 # ------------------------------------------------------------------ the GPU memory benchmark, small
 
 
-def test_memory_benchmark_runs_small_on_the_cpu(capsys):
+def test_memory_benchmark_runs_small_on_the_cpu(capsys, monkeypatch):
     import importlib.util
     import sys
     from pathlib import Path
@@ -247,9 +321,18 @@ def test_memory_benchmark_runs_small_on_the_cpu(capsys):
         spec = importlib.util.spec_from_file_location("sd15_memory", bench / "sd15_memory.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        measured = []  # every (seconds, peak MiB) the harness returned, in order
+
+        def recording(fn, repeats, device, measure=module.harness.measure):
+            measured.append(measure(fn, repeats, device))
+            return measured[-1]
+
+        monkeypatch.setattr(module.harness, "measure", recording)
         rows = module.main(["--device", "cpu", "--resolution", "64", "--steps", "2", "--dtype", "fp32"])
     finally:
         sys.path.remove(str(bench))
     assert [r[0] for r in rows] == ["01", "01", "02", "02", "03", "03", "02", "07"]
     assert all(np.isfinite(r[3]) and r[4] > 0 for r in rows)
+    # each row shows its measurement's peak under the memory column and its seconds under the time column
+    assert [(r[3], r[4]) for r in rows] == [(peak, secs) for secs, peak in measured]
     assert "| chapter | call | model CPU offload |" in capsys.readouterr().out
