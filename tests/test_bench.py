@@ -124,3 +124,38 @@ def test_runner_resumes_after_a_kill(pie_fixture, tmp_path):
     assert "BG PSNR" in R.markdown(df)
     with pytest.raises(ValueError, match="unknown method"):
         R.run("nope", pie_fixture, out, process_index=0, num_processes=1)
+
+
+def test_plot_axes_span_the_methods_range_and_mark_the_best():
+    """The benchmark figure must not hide a 30-vs-35 dB difference under bars from zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from editnb.bench import runner
+
+    labels = [label for _, label in runner.COLUMNS]
+    df = pd.DataFrame({label: [30.0 + k, 35.0 - k] for k, label in enumerate(labels)}, index=["a", "b"])
+    fig = runner.plot(df)
+    for ax, label in zip(fig.axes, labels):
+        lo, hi = ax.get_ylim()
+        assert lo > 0 and lo <= df[label].min() and hi >= df[label].max()
+        best = df[label].idxmax() if label.endswith("↑") else df[label].idxmin()
+        assert ax.get_xlabel() == f"best: {best}"
+
+
+def test_study_figure_shows_pairs_without_voting():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from editnb.viz.study import PairwiseStudy, Trial
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    trials = [Trial(img, "make it red", {"x": img, "y": img + 1, "z": img + 2}) for _ in range(2)]
+    study = PairwiseStudy(trials, seed=0)
+    fig = study.figure(4, voter=lambda t, a, b: a)
+    assert len(fig.axes) == 4 * 3 and study.votes == []  # 4 rows of (input, left, right); no vote recorded
+    assert all(ax.get_xlabel() == "vote: left is better" for ax in fig.axes[1::3])
+    with pytest.raises(ValueError, match="no pairs"):
+        PairwiseStudy([], seed=0).figure()

@@ -75,3 +75,19 @@ def test_sample_photos_are_real_rgb_images():
     photos = images.sample_photos()
     assert set(photos) >= {"astronaut", "coffee"}
     assert all(p.mode == "RGB" and min(p.size) >= 256 for p in photos.values())
+
+
+def test_overlay_draws_the_mask_on_a_grey_underlay_in_a_colour_of_its_own():
+    from editnb import viz
+    from editnb.toy import world
+
+    edit = world.edit_for("test", 3, "recolor")
+    img, mask = edit.source_image(), edit.mask()
+    out = viz.overlay(img, mask)
+    rest = out[~mask].astype(int)
+    assert (rest[:, 0] == rest[:, 1]).all() and (rest[:, 1] == rest[:, 2]).all()  # grey outside the mask
+    tinted = out[mask].astype(int)
+    assert (tinted[:, 1] - tinted[:, 0] > 40).all()  # cyan-ish inside: green and blue well above red
+    assert tuple(viz.MASK_COLOUR) not in {tuple(c) for c in world.COLORS.values()} | {tuple(c) for c in world.BACKGROUNDS.values()}
+    with pytest.raises(ValueError, match="does not match"):
+        viz.overlay(img, mask[:-1])

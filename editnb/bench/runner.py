@@ -212,16 +212,29 @@ def markdown(df) -> str:
 
 
 def plot(df):
-    """Bar chart per metric (one panel per column), methods side by side."""
+    """One panel per metric, methods as dots on a value axis that spans the methods' range (not
+    from zero: bars from zero make a 30.5-vs-35.1 dB difference look like nothing); the best method
+    of each column, by its arrow (↑ or ↓), is drawn filled and named under the panel."""
     import matplotlib.pyplot as plt
 
     metric_cols = [label for _, label in COLUMNS]
-    fig, axes = plt.subplots(1, len(metric_cols), figsize=(2.1 * len(metric_cols), 2.4))
+    colours = plt.cm.tab10.colors
+    fig, axes = plt.subplots(1, len(metric_cols), figsize=(2.1 * len(metric_cols), 2.6))
     for ax, col in zip(axes, metric_cols):
-        ax.bar(range(len(df)), df[col].values, color=plt.cm.tab10.colors[: len(df)])
+        values = df[col].to_numpy(dtype=float)
+        best = int(values.argmax() if col.endswith("↑") else values.argmin())
+        for k, v in enumerate(values):
+            ax.plot([k], [v], "o", markersize=6, color=colours[k % 10],
+                    markerfacecolor=colours[k % 10] if k == best else "white")
+        lo, hi = values.min(), values.max()
+        pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlim(-0.6, len(values) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(range(len(df)))
         ax.set_xticklabels(df.index, rotation=45, fontsize=7)
         ax.set_title(col, fontsize=7)
+        ax.set_xlabel(f"best: {df.index[best]}", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return fig

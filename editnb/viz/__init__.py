@@ -8,13 +8,27 @@ from ..images import grid, to_numpy
 MASK_COLOURS = [(255, 80, 80), (80, 200, 255), (255, 220, 60), (160, 255, 120)]
 
 
-def overlay(image, mask: np.ndarray, color=(255, 0, 255), alpha: float = 0.55) -> np.ndarray:
-    """Tint the pixels of `mask` on top of `image` (uint8 result)."""
+#: the default mask colour: cyan, which no ToyWorld object or background has
+MASK_COLOUR = (0, 230, 230)
+
+
+def overlay(image, mask: np.ndarray, color=MASK_COLOUR, alpha: float = 0.5, grey: bool = True) -> np.ndarray:
+    """The pixels of `mask` tinted with `color` over the image, the mask's edge drawn solid.
+
+    With ``grey=True`` (the default) the underlay is the image in greyscale, so no object's own
+    colour can be mistaken for the mask (a green mask on a green triangle, a magenta one on a purple
+    square); the mask is the only colour in the picture.  uint8 result."""
     img = to_numpy(image).astype(np.float32)
     m = np.asarray(mask, bool)
     if m.shape != img.shape[:2]:
         raise ValueError(f"mask of shape {m.shape} does not match the image {img.shape[:2]}")
-    img[m] = (1 - alpha) * img[m] + alpha * np.asarray(color, np.float32)
+    if grey:
+        img = np.repeat((img[..., :3] @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)
+    colour = np.asarray(color, np.float32)
+    img[m] = (1 - alpha) * img[m] + alpha * colour
+    padded = np.pad(m, 1, mode="edge")
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    img[m & ~interior] = colour  # the edge, so a faint tint on a light background still reads as a mask
     return img.astype(np.uint8)
 
 

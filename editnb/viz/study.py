@@ -58,6 +58,31 @@ class PairwiseStudy:
         rows += [f"{n:<16}{r:>8.1f}{g:>7d}" for n, r, g in self.leaderboard()]
         return "\n".join(rows)
 
+    def figure(self, n: int = 3, voter=None):
+        """The first `n` pairs as the judge sees them (input, left, right, the instruction above),
+        with the vote that `voter` casts under each row: the static picture of the 2AFC panel for
+        places with no frontend (tests, `editnb figures`).  Casts no vote into the study."""
+        import matplotlib.pyplot as plt
+
+        queue = self.pairs()[:n]
+        if not queue:
+            raise ValueError("the study has no pairs to show: it needs trials with at least two outputs each")
+        fig, axes = plt.subplots(len(queue), 3, figsize=(5.4, 2.1 * len(queue)), squeeze=False)
+        for row, (t, a, b) in zip(axes, queue):
+            for ax, im, title in zip(row, (t.source, t.outputs[a], t.outputs[b]), ("input", "left", "right")):
+                ax.imshow(im, interpolation="nearest")
+                ax.set_title(title, fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            row[0].set_ylabel(t.instruction, fontsize=7)
+            if voter is not None:
+                winner = voter(t, a, b)
+                verdict = "tie" if winner is None else ("left is better" if winner == a else "right is better")
+                row[1].set_xlabel(f"vote: {verdict}", fontsize=7)
+            row[2].set_xlabel(f"(left = {a}, right = {b}: hidden from the judge)", fontsize=6)
+        fig.tight_layout()
+        return fig
+
     def panel(self, voter=None):
         """ipywidgets 2AFC panel (buttons 'left is better' / 'right is better' / 'tie'); without a
         frontend, the scripted `voter` casts the votes and the leaderboard is printed."""
