@@ -8,8 +8,9 @@ from ..images import grid, to_numpy
 MASK_COLOURS = [(255, 80, 80), (80, 200, 255), (255, 220, 60), (160, 255, 120)]
 
 
-#: the default mask colour: cyan, which no ToyWorld object or background has
-MASK_COLOUR = (0, 230, 230)
+#: the colour masks are drawn in: cyan, outside the ToyWorld palette (red, green, blue, yellow, purple;
+#: white, gray, black backgrounds), so a mask never reads as an object
+MASK_COLOUR = (0, 255, 255)
 
 
 def overlay(image, mask: np.ndarray, color=MASK_COLOUR, alpha: float = 0.5, grey: bool = True) -> np.ndarray:

@@ -1,5 +1,10 @@
 """Attention pictures: per-word cross-attention, self-attention of a pixel, guidance grids,
-source / edited / difference / mask panels, and an interactive explorer."""
+source / edited / difference / mask panels, and an interactive explorer.
+
+Maps and masks must not be mistaken for image content: a map is drawn over a *greyscale* copy of the
+image (or on its own) with a colourbar, and a mask is tinted in :data:`MASK_COLOUR`, a cyan that no
+ToyWorld object or background has, over a greyscale copy.  A colour map over the colour image would
+make saturated objects look "hot" whatever the map says."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +13,48 @@ import torch.nn.functional as F
 
 from ..attention.words import word_tokens
 from ..images import to_numpy
+from . import MASK_COLOUR, overlay  # the one mask colour and the one mask drawing
+
+#: the colour map of attention maps, drawn over greyscale
+MAP_CMAP = "magma"
+
+
+def grey(image, low: float = 0.15, high: float = 0.85) -> np.ndarray:
+    """A greyscale copy of `image` (H, W) with values squeezed into [low, high] of [0, 1]: an
+    underlay that shows where things are without competing with the colours drawn over it."""
+    img = to_numpy(image).astype(np.float32) / 255.0
+    lum = img[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if img.ndim == 3 else img
+    return low + (high - low) * lum
+
+
+def upsample(m, shape: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """A 2-D map (numpy or torch) resized to `shape` (H, W): bilinear for attention, nearest for masks."""
+    t = torch.as_tensor(np.asarray(m, np.float32))[None, None]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(t, size=tuple(shape), mode=mode, **kwargs)[0, 0].numpy()
+
+
+def mask_on_grey(image, mask, colour=MASK_COLOUR, alpha: float = 0.65) -> np.ndarray:
+    """`mask` (any size; resized nearest-neighbour to the image) drawn by :func:`editnb.viz.overlay`:
+    tinted in `colour` over a greyscale copy of `image`, so it cannot be mistaken for the image's own
+    colours.  RGB uint8."""
+    img = to_numpy(image)
+    m = upsample(np.asarray(mask, np.float32), img.shape[:2], mode="nearest") > 0.5
+    return overlay(img, m, colour, alpha)
+
+
+def _map_over_grey(ax, image, m, vmin=0.0, vmax=1.0, alpha: float = 0.7, cmap: str = MAP_CMAP):
+    """Draw map `m` (resized to the image) over a greyscale copy of `image`; returns the map's artist."""
+    g = grey(image)
+    ax.imshow(g, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    return ax.imshow(upsample(m, g.shape), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="nearest")
 
 
 def word_maps(store, tokenizer, prompt: str, resolution: int | None = None, steps=None, size: int | None = None,
-              index: int = 0, skip=("<|startoftext|>",)) -> dict[str, np.ndarray]:
-    """{word: map in [0, 1]} from a store's cross-attention (mean over the word's tokens),
-    upsampled bilinearly to `size` (default: the map's own resolution)."""
+              index: int = 0, skip=("<|startoftext|>",), scaled: bool = True) -> dict[str, np.ndarray]:
+    """{word: map} from a store's cross-attention (mean over the word's tokens), upsampled
+    bilinearly to `size` (default: the map's own resolution).  ``scaled``: each map min-max scaled
+    to [0, 1] (for pictures); ``scaled=False`` keeps the attention probabilities (to compare words)."""
     res = resolution or max(s.resolution for s in store.sites.values() if s.kind == "cross")
     agg = store.aggregate("cross", resolution=res, steps=steps)[index]  # (res, res, keys)
     out = {}
@@ -21,25 +62,27 @@ def word_maps(store, tokenizer, prompt: str, resolution: int | None = None, step
         m = agg[..., toks].mean(-1)
         if size and size != res:
             m = F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        m = m - m.min()
-        out[word] = (m / m.max().clamp_min(1e-8)).numpy()
+        if scaled:
+            m = m - m.min()
+            m = m / m.max().clamp_min(1e-8)
+        out[word] = m.numpy()
     return out
 
 
-def cross_attention_row(image, maps: dict[str, np.ndarray], title: str | None = None, size: float = 1.6):
-    """The image, then one heatmap per word over it."""
+def cross_attention_row(image, maps: dict[str, np.ndarray], title: str | None = None, size: float = 1.6,
+                        label: str = "attention (scaled per word)"):
+    """The image, then one map per word over a greyscale copy of it, with one colourbar (`label`).
+    Maps are drawn on a shared 0-1 scale: give them already scaled (:func:`word_maps`)."""
     import matplotlib.pyplot as plt
 
     img = to_numpy(image)
     n = len(maps) + 1
-    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.35))
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.6, size + 0.35))
     axes[0].imshow(img, interpolation="nearest")
     axes[0].set_title("image", fontsize=8)
+    artist = None
     for ax, (word, m) in zip(axes[1:], maps.items()):
-        ax.imshow(img, interpolation="nearest")
-        big = np.asarray(F.interpolate(torch.tensor(m)[None, None], size=img.shape[:2], mode="bilinear",
-                                       align_corners=False)[0, 0])
-        ax.imshow(big, cmap="jet", alpha=0.55, vmin=0, vmax=1)
+        artist = _map_over_grey(ax, img, m)
         ax.set_title(word, fontsize=8)
     for ax in axes:
         ax.set_xticks([])
@@ -47,26 +90,38 @@ def cross_attention_row(image, maps: dict[str, np.ndarray], title: str | None = 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    if artist is not None:
+        _colourbar(fig, axes[1:], artist, label)
     return fig
 
 
-def maps_grid(rows: dict[str, dict[str, np.ndarray]], size: float = 1.3):
-    """A grid of word maps: one row per condition (step range, resolution...), one column per word."""
+def _colourbar(fig, axes, artist, label: str):
+    bar = fig.colorbar(artist, ax=list(np.ravel(axes)), fraction=0.02, pad=0.01)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return bar
+
+
+def maps_grid(rows: dict[str, dict[str, np.ndarray]], size: float = 1.3, label: str = "attention (scaled per map)"):
+    """A grid of word maps on their own (no image under them), one row per condition (step range,
+    resolution...), one column per word, with a colourbar."""
     import matplotlib.pyplot as plt
 
     words = list(next(iter(rows.values())))
-    fig, axes = plt.subplots(len(rows), len(words), figsize=(size * len(words), size * len(rows) + 0.3), squeeze=False)
-    for r, (label, maps) in enumerate(rows.items()):
+    fig, axes = plt.subplots(len(rows), len(words), figsize=(size * len(words) + 0.6, size * len(rows) + 0.3),
+                             squeeze=False)
+    for r, (label_r, maps) in enumerate(rows.items()):
         for c, w in enumerate(words):
             ax = axes[r, c]
-            ax.imshow(maps[w], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            artist = ax.imshow(maps[w], cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(w, fontsize=8)
             if c == 0:
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(label_r, fontsize=8)
     fig.tight_layout()
+    _colourbar(fig, axes, artist, label)
     return fig
 
 
@@ -84,27 +139,35 @@ def self_attention_of_pixel(store, image, pixel: tuple[int, int], resolution: in
     qx, qy = int(x * res / img.shape[1]), int(y * res / img.shape[0])
     m = agg[qy, qx].reshape(res, res)
     m = (m / m.max()).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size + 0.3))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.5, size + 0.3))
     axes[0].imshow(img, interpolation="nearest")
-    axes[0].plot([x], [y], "w+", markersize=14, mew=2)
+    axes[0].plot([x], [y], "+", color=np.asarray(MASK_COLOUR) / 255, markersize=14, mew=2)
     axes[0].set_title(f"query pixel ({x}, {y})", fontsize=8)
-    axes[1].imshow(m, cmap="magma", interpolation="nearest")
+    artist = axes[1].imshow(m, cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
+    axes[1].plot([(x + 0.5) * res / img.shape[1] - 0.5], [(y + 0.5) * res / img.shape[0] - 0.5], "+",
+                 color=np.asarray(MASK_COLOUR) / 255, markersize=10, mew=1.5)
     axes[1].set_title(f"its self-attention ({res}x{res})", fontsize=8)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    _colourbar(fig, axes[1:], artist, "attention / its max")
     return fig
 
 
-def guidance_grid(images, row_values, col_values=None, row_name: str = "s_T", col_name: str = "s_I", size: float = 1.3):
+def guidance_grid(images, row_values, col_values=None, row_name: str = "s_T", col_name: str = "s_I", size: float = 1.3,
+                  notes=None):
     """A grid of results over guidance scales: rows `row_values`, columns `col_values`
-    (InstructPix2Pix's s_T x s_I), or a single row for a 1-D sweep (text-to-image)."""
+    (InstructPix2Pix's s_T x s_I), or a single row for a 1-D sweep (text-to-image).  `notes`: one
+    short line per panel (a measure), written under it."""
     import matplotlib.pyplot as plt
 
     cols = col_values if col_values is not None else row_values
     nrows = 1 if col_values is None else len(row_values)
-    fig, axes = plt.subplots(nrows, len(cols), figsize=(size * len(cols), size * nrows + 0.35), squeeze=False)
+    if notes is not None and len(notes) != len(images):
+        raise ValueError(f"notes needs one line per image ({len(images)}), got {len(notes)}")
+    extra = 0.2 if notes is not None else 0.0
+    fig, axes = plt.subplots(nrows, len(cols), figsize=(size * len(cols), (size + extra) * nrows + 0.35), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.imshow(to_numpy(images[k]), interpolation="nearest")
         ax.set_xticks([])
@@ -117,27 +180,37 @@ def guidance_grid(images, row_values, col_values=None, row_name: str = "s_T", co
                 ax.set_title(f"{col_name}={cols[c]}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"{row_name}={row_values[r]}", fontsize=8)
+        if notes is not None and k < len(notes):
+            ax.set_xlabel(notes[k], fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def comparison(source, edited, mask=None, labels=("source", "edited"), size: float = 2.0):
-    """Source / edited / |difference| (/ mask) side by side."""
+    """Source / edited / |difference| (grey levels, with a colourbar) / mask (any square size,
+    drawn nearest-neighbour in :data:`MASK_COLOUR` over a greyscale source, with its share of the
+    image in the title)."""
     import matplotlib.pyplot as plt
 
     a, b = to_numpy(source).astype(float), to_numpy(edited).astype(float)
     diff = np.abs(a - b).mean(-1)
-    panels = [(a.astype(np.uint8), labels[0], None), (b.astype(np.uint8), labels[1], None),
-              (diff, "|difference|", "inferno")]
+    n = 3 + (mask is not None)
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.4, size + 0.3))
+    axes[0].imshow(a.astype(np.uint8), interpolation="nearest")
+    axes[0].set_title(labels[0], fontsize=8)
+    axes[1].imshow(b.astype(np.uint8), interpolation="nearest")
+    axes[1].set_title(labels[1], fontsize=8)
+    artist = axes[2].imshow(diff, cmap="inferno", vmin=0, vmax=255, interpolation="nearest")
+    axes[2].set_title("|difference|", fontsize=8)
     if mask is not None:
-        panels.append((np.asarray(mask, float), "mask", "gray"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.3))
-    for ax, (im, lab, cmap) in zip(axes, panels):
-        ax.imshow(im, cmap=cmap, interpolation="nearest", **({"vmin": 0, "vmax": 255} if lab == "|difference|" else {}))
-        ax.set_title(lab, fontsize=8)
+        m = np.asarray(mask, bool)
+        axes[3].imshow(mask_on_grey(a.astype(np.uint8), m), interpolation="nearest")
+        axes[3].set_title(f"mask (cyan): {m.mean():.0%} of the image", fontsize=8)
+    for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    _colourbar(fig, axes[2], artist, "grey levels")
     return fig
 
 
@@ -166,11 +239,10 @@ def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
         res = int(m.shape[0] ** 0.5)
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(3, 3))
-            ax.imshow(to_numpy(image), interpolation="nearest")
-            big = F.interpolate(m[:, toks].mean(-1).reshape(1, 1, res, res), size=to_numpy(image).shape[:2],
-                                mode="bilinear", align_corners=False)[0, 0]
-            ax.imshow(big, cmap="jet", alpha=0.55)
+            fig, ax = plt.subplots(figsize=(3.4, 3))
+            wm = m[:, toks].mean(-1).reshape(res, res)
+            artist = _map_over_grey(ax, image, wm, vmin=0, vmax=float(wm.max()))
+            fig.colorbar(artist, ax=ax, fraction=0.046, pad=0.02).set_label("attention probability", fontsize=7)
             ax.set_title(f"'{word.value}' step {step.value}\n{layer.value.split('.processor')[0]}", fontsize=7)
             ax.axis("off")
             plt.show()

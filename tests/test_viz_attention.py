@@ -1,0 +1,66 @@
+"""The attention pictures keep maps and masks apart from image content: masks in a colour outside
+the ToyWorld palette over greyscale, maps over greyscale with a colourbar."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from editnb.toy import world  # noqa: E402
+from editnb.viz import attention as vattn  # noqa: E402
+
+
+def test_mask_colour_is_outside_the_toyworld_palette():
+    palette = np.array(list(world.COLORS.values()) + list(world.BACKGROUNDS.values()), float)
+    assert np.abs(palette - np.array(vattn.MASK_COLOUR, float)).sum(-1).min() > 150
+
+
+def test_mask_on_grey_tints_only_the_mask_and_greys_the_rest():
+    scene = world.scene_for("train", 3)
+    image = world.render(scene)
+    mask = next(iter(world.object_masks(scene).values()))
+    out = vattn.mask_on_grey(image, mask)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    outside = out[~mask].astype(int)
+    assert (outside[:, 0] == outside[:, 1]).all() and (outside[:, 1] == outside[:, 2]).all()  # grey
+    inside = out[mask].astype(int)
+    assert (inside[:, 1] - inside[:, 0] > 100).all() and (inside[:, 2] - inside[:, 0] > 100).all()  # cyan
+
+
+def test_mask_on_grey_takes_a_mask_of_another_size():
+    image = np.zeros((12, 12, 3), np.uint8)
+    coarse = np.zeros((3, 3), bool)
+    coarse[0, 0] = True
+    out = vattn.mask_on_grey(image, coarse)
+    tinted = out[..., 2] > out[..., 0]
+    assert tinted[:4, :4].all() and tinted.sum() == 16
+
+
+def test_comparison_shows_the_mask_share_even_for_a_full_mask():
+    a = np.zeros((8, 8, 3), np.uint8)
+    fig = vattn.comparison(a, a + 10, mask=np.ones((4, 4), bool))
+    assert "100%" in fig.axes[3].get_title()
+    assert len(fig.axes) == 5  # four panels and the difference's colourbar
+    plt.close(fig)
+
+
+def test_cross_attention_row_draws_maps_over_grey_with_a_colourbar():
+    image = np.full((8, 8, 3), (220, 40, 40), np.uint8)
+    maps = {"red": np.eye(4), "circle": np.ones((4, 4)) * 0.5}
+    fig = vattn.cross_attention_row(image, maps)
+    assert len(fig.axes) == 1 + len(maps) + 1
+    underlay = fig.axes[1].get_images()[0]
+    assert underlay.get_cmap().name == "gray"
+    plt.close(fig)
+
+
+def test_guidance_grid_notes_need_one_line_per_panel():
+    images = [np.zeros((4, 4, 3), np.uint8)] * 4
+    fig = vattn.guidance_grid(images, [1, 2], [1, 2], notes=["a", "b", "c", "d"])
+    assert fig.axes[3].get_xlabel() == "d"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one line per image"):
+        vattn.guidance_grid(images, [1, 2], [1, 2], notes=["a"])
