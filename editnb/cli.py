@@ -5,6 +5,7 @@
     editnb toy eval [--json PATH]               measure the shipped ToyWorld models
     editnb bench run --method M --data D --out O   run a method over a PIE-Bench-format benchmark
     editnb bench table DIR ...                  compare runs (markdown table, optional plot)
+    editnb bench rescore DIR ...                recompute the metrics of runs from their saved images
     editnb bench toy-pie | toy-magicbrush       write the ToyWorld benchmarks
 
 Failures exit non-zero with a one-line reason on stderr.
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     bt = bsub.add_parser("table", help="put several runs side by side (markdown; --plot PNG)")
     bt.add_argument("dirs", nargs="+")
     bt.add_argument("--plot", help="also save a bar chart to this PNG")
+    brs = bsub.add_parser("rescore", help="recompute the metrics of runs from their saved images (after a metric "
+                          "changed), without running the methods again")
+    brs.add_argument("dirs", nargs="+")
+    brs.add_argument("--data", help="the benchmark folder (default: what each run.json recorded)")
+    brs.add_argument("--profile", choices=["toy", "sd15"], help="model profile (default: EDITNB_PROFILE, else auto)")
     bp = bsub.add_parser("toy-pie", help="write the ToyWorld benchmark in the PIE-Bench format")
     bp.add_argument("--out", default="data/bench/toy-pie")
     bp.add_argument("--per-type", type=int, default=20)
@@ -125,6 +131,11 @@ def _bench(args) -> None:
         print(runner.markdown(df))
         if args.plot:
             runner.plot(df).savefig(args.plot, dpi=90)
+    elif args.bench_command == "rescore":
+        for d in args.dirs:
+            s = runner.rescore(d, data=args.data, profile=args.profile)
+            print(f"{d}: {s['items']} rows rescored")
+        print(runner.markdown(runner.table(args.dirs)))
     elif args.bench_command == "toy-pie":
         out = data.write_toy_pie(args.out, per_type=args.per_type, seed=args.seed)
         print(f"wrote {len(data.load_pie_bench(out))} items to {out}")

@@ -159,3 +159,28 @@ def test_study_figure_shows_pairs_without_voting():
     assert all(ax.get_xlabel() == "vote: left is better" for ax in fig.axes[1::3])
     with pytest.raises(ValueError, match="no pairs"):
         PairwiseStudy([], seed=0).figure()
+
+
+def test_rescore_recomputes_rows_from_the_saved_images_without_running_the_method(pie_fixture, tmp_path):
+    calls = []
+
+    @R.register("test-darken", needs=("target_prompt",))
+    def darken(ctx, item, generator, steps):
+        calls.append(item.id)
+        return (np.asarray(item.image) // 2).astype(np.uint8)
+
+    out = tmp_path / "run"
+    R.run("test-darken", pie_fixture, out, process_index=0, num_processes=1)
+    before = {r["id"]: r for r in R.rows(out)}
+    for r in before.values():  # a metric "changed": the stored values are stale
+        stale = dict(r, psnr=-1.0, ssim=-1.0, seconds=123.0)
+        (out / "rows" / f"{r['id']}.json").write_text(json.dumps(stale))
+    summary = R.rescore(out, data=pie_fixture)
+    after = {r["id"]: r for r in R.rows(out)}
+    assert calls == sorted(before)  # the method ran once per item, during the run only
+    for k, r in after.items():
+        assert r["psnr"] == pytest.approx(before[k]["psnr"]) and r["ssim"] == pytest.approx(before[k]["ssim"])
+        assert r["seconds"] == 123.0 and r["method"] == "test-darken"  # time and identity are kept
+    assert summary["items"] == 2
+    with pytest.raises(ValueError, match="no benchmark rows"):
+        R.rescore(tmp_path / "empty", data=pie_fixture)

@@ -154,6 +154,45 @@ def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: i
     return summary
 
 
+def _data_of(out: Path, data) -> Path:
+    """The benchmark folder a run used: `data` if given, else what its run.json recorded (a
+    ``data/...`` path is the shipped data folder, wherever the package is)."""
+    if data is not None:
+        return Path(data)
+    info = out / "run.json"
+    if not info.exists():
+        raise ValueError(f"{out} has no run.json saying which benchmark it ran on; pass data=... (--data)")
+    recorded = json.loads(info.read_text())["data"]
+    if recorded.startswith("data/"):
+        return data_dir() / recorded.removeprefix("data/")
+    return Path(recorded)
+
+
+def rescore(out: str | Path, data: str | Path | None = None, profile: str | None = None) -> dict:
+    """Recompute every row's metrics from its saved image, without running the method again: for
+    when a metric's definition changed (e.g. SSIM's window) after the run.  Rows keep their method,
+    time and settings; each is rewritten atomically.  Returns the new summary."""
+    out = Path(out)
+    rs = rows(out)
+    if not rs:
+        raise ValueError(f"{out} holds no benchmark rows to rescore (no rows/*.json); run `editnb bench run` first")
+    items = {it.id: it for it in load_pie_bench(_data_of(out, data))}
+    ctx = Context(profile)
+    recorded = {r.get("settings", {}).get("profile") for r in rs} - {None}
+    if recorded and recorded != {ctx.rt.profile}:
+        raise ValueError(f"{out} was run on the {sorted(recorded)} profile; rescore it on the same profile "
+                         f"(profile={sorted(recorded)[0]!r}), not {ctx.rt.profile!r}")
+    from PIL import Image
+
+    for row in rs:
+        if row["id"] not in items:
+            raise ValueError(f"item {row['id']} of {out} is not in the benchmark; pass the data folder it ran on")
+        edited = np.asarray(Image.open(out / "images" / f"{row['id']}.png").convert("RGB"))
+        row.update(item_metrics(ctx, items[row["id"]], edited))
+        _atomic_write(out / "rows" / f"{row['id']}.json", json.dumps(row).encode())
+    return summarize(out)
+
+
 def _png_bytes(image) -> bytes:
     import io
 
