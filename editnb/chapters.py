@@ -16,7 +16,7 @@ import numpy as np
 from .images import fit, sample_photos
 from .toy import oracle as toy_oracle, world
 
-CHAPTERS = ("01", "02", "03")
+CHAPTERS = ("01", "02", "03", "06")
 
 
 @dataclass
@@ -166,8 +166,34 @@ def _photo_03(resolution):
     return ChapterInputs(measures=("change",), edits=photo_edits(resolution))
 
 
-_TOY = {"01": _toy_01, "02": _toy_02, "03": _toy_03}
-_PHOTO = {"01": _photo_01, "02": _photo_02, "03": _photo_03}
+def _toy_06(resolution):
+    return ChapterInputs(oracle=toy_oracle, note="", editor_name="EditCLIP (toy)", control=True,
+                         text_name="InstructPix2Pix, text (toy-ip2p)", change=toy_oracle.change_outside,
+                         change_where="outside the edit mask")
+
+
+EDITCLIP_NOTE = ("EditCLIP released its pair encoder (QWW/EditCLIP) but no exemplar editor, so on this profile "
+                 "sections 1-3 run the real pair encoder on ToyWorld pairs (CLIP's processor resizes them), and "
+                 "sections 4-7 run Eq. 5 with InstructPix2Pix and an untrained projection (load_editor warns): the "
+                 "code path, not edits. As in every chapter the oracle's numbers are the toy profile's; the "
+                 "re-initialised-projection control is absent (the editor is untrained already), changes are measured "
+                 "over the whole image, and the lambda_2 ablation shown is the toy editor's. Train your own editor "
+                 "with editnb.methods.editclip; the toy profile (EDITNB_PROFILE=toy) has a trained one.")
+
+
+def _photo_06(resolution):
+    def change(image, edit):  # as chapter 03 measures a photograph: the mean change over the whole image
+        image = np.asarray(image, float)
+        source = np.asarray(fit(edit.source_image(), image.shape[0]), float)  # the query as the model saw it
+        return float(np.abs(image - source).mean())
+
+    return ChapterInputs(note=EDITCLIP_NOTE, editor_name="EditCLIP (untrained projection: no public weights)",
+                         control=False, text_name="InstructPix2Pix, text (ip2p)", change=change,
+                         change_where="over the whole image")
+
+
+_TOY = {"01": _toy_01, "02": _toy_02, "03": _toy_03, "06": _toy_06}
+_PHOTO = {"01": _photo_01, "02": _photo_02, "03": _photo_03, "06": _photo_06}
 
 
 def mask_at(mask, shape: tuple[int, int]) -> np.ndarray:

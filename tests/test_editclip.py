@@ -151,3 +151,69 @@ def test_exemplar_editing_transfers_the_edit_kind_more_often_than_an_untrained_p
     rate = lambda ims: np.mean([kind_transferred(im, q.query) for im, q in zip(ims, qs)])  # noqa: E731
     trained, control = rate(transfer(editor, qs, steps=15)), rate(transfer(untrained(editor), qs, steps=15))
     assert trained >= control + 2 / 48, (trained, control)
+
+
+def test_toy_editor_is_the_shipped_one_and_untrained_ok_changes_nothing_there(editor):
+    """On toy, untrained_ok is ignored (the profile ships a trained editor): the same pipeline and
+    the shipped projection, no warning; the Table 1 control draws nn.Linear's default range from
+    its seed and leaves the editor's projection alone."""
+    import warnings
+
+    from editnb.methods.editclip.toy_eval import untrained
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails
+        again = editclip.load_editor("toy", device="cpu", dtype=torch.float32, untrained_ok=True)
+    shipped = editclip.load_projection(models.toy_path("editclip-ip2p"))
+    assert again.pipe is editor.pipe
+    assert all(torch.equal(a, b) for a, b in zip(again.projection.state_dict().values(), shipped.state_dict().values()))
+    control = untrained(editor, seed=3)
+    linear = control.projection[0]
+    gen = torch.Generator().manual_seed(3)
+    bound = linear.in_features ** -0.5
+    for p in (linear.weight, linear.bias):
+        assert torch.equal(p, torch.rand(p.shape, generator=gen) * 2 * bound - bound)
+    assert torch.equal(control.projection[1].weight, torch.ones_like(control.projection[1].weight))
+    assert not torch.equal(control.projection[0].weight, editor.projection[0].weight)
+    assert torch.equal(editor.projection[0].weight, shipped[0].weight)
+
+
+def test_table_1_leaves_out_the_oracle_columns_when_asked(editor):
+    from editnb.features import clip_features
+    from editnb.methods.editclip.toy_eval import table_1
+
+    qs = editclip.quartets(2, kinds=["recolor"])
+    exact = {"exact": [q.query.edited_image() for q in qs]}
+    features = clip_features("clip", profile="toy")
+    full = table_1(exact, qs, editor.encoder, features)["exact"]
+    assert full["oracle success"] == 1.0 and full["kind transferred"] == 1.0
+    bare = table_1(exact, qs, editor.encoder, features, with_oracle=False)["exact"]
+    assert set(full) - set(bare) == {"oracle success", "kind transferred"}
+    assert all(bare[k] == pytest.approx(full[k]) for k in bare)
+
+
+def test_sd15_shaped_editor_refuses_without_untrained_ok_and_warns_with_it():
+    """EditCLIP released no exemplar editor: on the sd15 code path load_editor says so, and with
+    untrained_ok=True returns InstructPix2Pix with a seeded projection from the pair encoder's
+    hidden width to the UNet's cross-attention width, with a warning, and exemplar editing runs
+    at the model's resolution."""
+    from editnb.images import model_resolution
+
+    kw = dict(profile="sd15-shaped", device="cpu", dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="no public sd15 weights.*untrained_ok=True"):
+        editclip.load_editor(**kw)
+    with pytest.warns(UserWarning, match="UNTRAINED projection"):
+        ed = editclip.load_editor(**kw, untrained_ok=True)
+    with pytest.warns(UserWarning, match="UNTRAINED projection"):
+        again = editclip.load_editor(**kw, untrained_ok=True)
+    assert ed.pipe is models.load("ip2p", **kw)
+    linear = ed.projection[0]
+    assert linear.in_features == ed.encoder.model.config.vision_config.hidden_size  # ViT-L/14's 1024
+    assert linear.out_features == ed.pipe.unet.config.cross_attention_dim  # SD 1.5's 768
+    assert torch.equal(linear.weight, again.projection[0].weight)  # seeded: the same editor every time
+    q = editclip.quartets(1)[0]
+    res = editclip.exemplar_edit(ed, q.query.source_image(), q.exemplar.source_image(), q.exemplar.edited_image(),
+                                 steps=2, generator=torch.Generator().manual_seed(0))
+    size = model_resolution(ed.pipe)
+    assert np.asarray(res.image).shape == (size, size, 3) and size != q.query.source_image().shape[0]
+    assert res.found["condition"].shape[-1] == linear.out_features

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ... import diffusion
-from .model import EditEncoder, load_encoder, new_projection
+from .model import EditEncoder, load_encoder, new_projection, reinitialise_projection
 
 S_E, S_I = 7.0, 1.5  # supplement Sec. G.3 (InstructPix2Pix's suggested practice)
 PROJECTION_FILE = "projection.safetensors"
@@ -52,15 +52,44 @@ def load_projection(folder, device=None, dtype=None) -> torch.nn.Sequential:
     return proj.to(device=device, dtype=dtype or torch.float32).eval()
 
 
-def load_editor(profile: str | None = None, device=None, dtype=None) -> ExemplarEditor:
-    """The registry's exemplar editor ('editclip-ip2p' + its projection) and pair encoder."""
-    from ...models import load, toy_path
+def load_editor(profile: str | None = None, device=None, dtype=None, untrained_ok: bool = False,
+                seed: int = 0) -> ExemplarEditor:
+    """The registry's exemplar editor ('editclip-ip2p' + its projection) and pair encoder.
+
+    The paper released the pair encoder (QWW/EditCLIP) but no exemplar editor, so on sd15 (and
+    sd15-shaped) there are no weights for it: without `untrained_ok` that is a RuntimeError; with
+    it, the editor is the 'ip2p' pipeline (InstructPix2Pix) and a fresh projection drawn with
+    `seed` from the pair encoder's hidden width to the UNet's cross-attention width, and a
+    warning says that it is untrained: its outputs are the code path of Eq. 5, not edits.
+    Train one with :func:`exemplar_objective` (the ``editclip-ip2p`` task)."""
+    import warnings
+
+    from ...models import REGISTRY, load, toy_path
     from ...runtime import current
 
     profile = profile or current().profile
-    pipe = load("editclip-ip2p", profile=profile, device=device, dtype=dtype)
-    proj = load_projection(toy_path("editclip-ip2p"), device=diffusion.execution_device(pipe), dtype=pipe.unet.dtype)
-    return ExemplarEditor(pipe, proj, load_encoder(profile, device=device, dtype=dtype))
+    trained = profile == "toy" or bool(REGISTRY["editclip-ip2p"].sd15)  # only the toy profile ships weights today
+    if not trained and not untrained_ok:
+        raise RuntimeError(f"'editclip-ip2p' has no public sd15 weights (EditCLIP released only its pair encoder), so "
+                           f"the {profile} profile has no trained exemplar editor: use the toy profile "
+                           "(editnb.setup(profile='toy')), train one with editnb.methods.editclip (the editclip-ip2p "
+                           "task), or pass untrained_ok=True for InstructPix2Pix with an untrained projection (the "
+                           "code path of Eq. 5, not edits)")
+    if trained:
+        pipe = load("editclip-ip2p", profile=profile, device=device, dtype=dtype)
+        proj = load_projection(toy_path("editclip-ip2p"), device=diffusion.execution_device(pipe), dtype=pipe.unet.dtype)
+        return ExemplarEditor(pipe, proj, load_encoder(profile, device=device, dtype=dtype))
+    warnings.warn(f"EditCLIP released no exemplar-editor weights, so on the {profile} profile the exemplar editor is "
+                  "InstructPix2Pix ('ip2p') with an UNTRAINED projection of the pair encoder's hidden states (seed "
+                  f"{seed}): its outputs run Eq. 5 but are not edits. Train the UNet and projection with "
+                  "editnb.methods.editclip.exemplar_objective (the editclip-ip2p task), or use the toy profile, "
+                  "which ships a trained one.", stacklevel=2)
+    pipe = load("ip2p", profile=profile, device=device, dtype=dtype)
+    encoder = load_encoder(profile, device=device, dtype=dtype)
+    proj = reinitialise_projection(new_projection(encoder.model.config.vision_config.hidden_size,
+                                                  pipe.unet.config.cross_attention_dim), seed)
+    proj = proj.to(device=diffusion.execution_device(pipe), dtype=pipe.unet.dtype).eval()
+    return ExemplarEditor(pipe, proj, encoder)
 
 
 def exemplar_edit(editor: ExemplarEditor, image, exemplar_input, exemplar_edited, s_E: float = S_E,

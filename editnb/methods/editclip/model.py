@@ -124,3 +124,18 @@ def new_projection(hidden_size: int, cross_attention_dim: int, tokens_per_state:
     if tokens_per_state != 1:
         raise ValueError("the toy projection maps each hidden state to one token (tokens_per_state=1)")
     return torch.nn.Sequential(torch.nn.Linear(hidden_size, cross_attention_dim), torch.nn.LayerNorm(cross_attention_dim))
+
+
+def reinitialise_projection(projection: torch.nn.Sequential, seed: int = 0) -> torch.nn.Sequential:
+    """Draw `projection`'s Linear afresh from nn.Linear's default range with a seeded generator
+    (the same weights for the same seed on any device) and reset its LayerNorm, in place: a
+    projection that carries no learned edit (the control of Table 1, and the editor of profiles
+    without trained weights)."""
+    linear, norm = projection[0], projection[1]
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1 / linear.in_features ** 0.5  # nn.Linear's default range, drawn from our generator
+    with torch.no_grad():
+        for p in (linear.weight, linear.bias):
+            p.copy_(torch.rand(p.shape, generator=gen).mul(2 * bound).sub(bound))
+    norm.reset_parameters()
+    return projection
