@@ -42,6 +42,9 @@ REGISTRY: dict[str, ModelSpec] = {
                        "(the paper released no weights; train your own with editnb.methods.iedit)"),
     "ip-adapter": ModelSpec("ip-adapter", "h94/IP-Adapter", "toy-ip-adapter", sd15_file="models/ip-adapter_sd15.bin",
                             note="image prompt adapter for the 'sd' pipeline"),
+    "clip-h14": ModelSpec("clip", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "toy-clip",
+                          note="OpenCLIP ViT-H/14, the embedding space of the sd15 IP-Adapter's image encoder (ViMAEdit "
+                          "embeds its prompts with its text tower); toy-clip in the toy profile"),
     "blip": ModelSpec("blip", "Salesforce/blip-image-captioning-base", None,
                       note="captioning; ToyWorld scenes carry their exact captions instead"),
     "dino": ModelSpec("dino", "facebook/dino-vitb8", None,
@@ -53,6 +56,9 @@ REGISTRY: dict[str, ModelSpec] = {
     "editclip-ip2p": ModelSpec("ip2p-pipeline", "", "toy-editclip-ip2p",
                                note="EditCLIP's exemplar-conditioned InstructPix2Pix UNet (+ projection.safetensors; "
                                "the paper released no weights: train your own with editnb.methods.editclip)"),
+    "uip2p": ModelSpec("ip2p-pipeline", "", "toy-uip2p",
+                       note="UIP2P: an InstructPix2Pix UNet trained with the Edit Reversibility Constraint (the paper "
+                       "released no weights: train your own with `editnb toy train uip2p`)"),
 }
 
 _CACHE: dict[tuple, object] = {}

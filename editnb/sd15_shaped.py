@@ -45,7 +45,7 @@ HALF = torch.float16
 OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 #: registry names with a stand-in (the others have no loader or no public weights)
-NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "clipseg", "dino", "dino-s16", "ip-adapter")
+NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "clipseg", "dino", "dino-s16", "ip-adapter", "clip-h14")
 
 
 def cache_dir() -> Path:
@@ -213,6 +213,12 @@ def build_clip_b32(out, full_width=False, sample_size=SAMPLE_SIZE):
     _clip(out, (512, 8, _depth(full_width)), (768, 12, _depth(full_width), 32), 512, 224)
 
 
+def build_clip_h14(out, full_width=False, sample_size=SAMPLE_SIZE):
+    """laion/CLIP-ViT-H-14-laion2B-s32B-b79K: text 1024/16 heads, vision 1280/16 heads, patch 14, 224,
+    projection 1024 (the space of ip-adapter_sd15's image encoder)."""
+    _clip(out, (1024, 16, _depth(full_width)), (1280, 16, _depth(full_width), 14), 1024, 224)
+
+
 def build_editclip(out, full_width=False, sample_size=SAMPLE_SIZE):
     """QWW/EditCLIP: CLIP ViT-L/14 whose vision tower reads 6 channels (input and edited image
     stacked); like the Hub checkpoint, no processor files (the loader takes CLIP L/14's)."""
@@ -286,4 +292,4 @@ def build_ip_adapter(out, full_width=False, sample_size=SAMPLE_SIZE):
 
 _BUILDERS = {"sd": build_sd, "ip2p": build_ip2p, "clip": build_clip_l14, "clip-b32": build_clip_b32, "editclip": build_editclip,
              "clipseg": build_clipseg, "dino": build_dino_b8, "dino-s16": build_dino_s16,
-             "ip-adapter": build_ip_adapter}
+             "ip-adapter": build_ip_adapter, "clip-h14": build_clip_h14}

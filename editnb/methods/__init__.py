@@ -9,7 +9,7 @@ __all__ = ["ITEM_FIELDS", "METHODS", "Method", "register", "register_builtin", "
 
 
 def register_builtin() -> None:
-    from . import baselines, editclip, iedit, lime  # noqa: F401  (registration happens at import)
+    from . import baselines, editclip, iedit, lime, uip2p, vimaedit  # noqa: F401  (registration happens at import)
 
 
 def get(name: str) -> Method:

@@ -31,6 +31,7 @@ def write_card(folder: Path, summary: dict, evaluation: dict | None = None) -> N
     lines += [f"- steps: {summary['steps']} at batch {r['batch_size']}, AdamW lr {r['lr']} "
               f"(warm-up {r['warmup']}, cosine to 10%)" + (f", EMA {r['ema_decay']}" if r.get("ema_decay") else ""),
               f"- seed: {summary['seed']}",
+              *([f"- the task's options: {r['options']}"] if r.get("options") else []),
               f"- wall time: {summary['train_seconds'] / 60:.1f} min on {summary['device']}",
               f"- final training loss (mean of the losses logged over the last 200 steps): {summary['final_loss']:.4f}"]
     prev = summary.get("continued_from")

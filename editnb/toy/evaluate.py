@@ -258,6 +258,14 @@ def editclip_scores(n: int = 36) -> dict:
     return toy_figures(n_edits=n, steps=SAMPLING["steps"])
 
 
+def uip2p_scores(n: int = 36) -> dict:
+    """UIP2P: forward-then-reverse reconstruction and oracle edit success per kind of toy-uip2p vs its
+    untrained initialisation on `n` held-out edits; see editnb.methods.uip2p.toy_eval."""
+    from ..methods.uip2p.toy_eval import toy_figures
+
+    return toy_figures(n=n, steps=SAMPLING["steps"], device=str(DEVICE))
+
+
 METRICS = {
     "vae_psnr": lambda n: {"vae_psnr": vae_psnr(n or 128)},
     "clip_top1": lambda n: {"clip_top1": clip_top1(n or 150)},
@@ -269,6 +277,7 @@ METRICS = {
     "clipseg": lambda n: clipseg_scores(n or 200),
     "iedit": lambda n: iedit_scores(n or 15),
     "editclip": lambda n: editclip_scores(n or 36),
+    "uip2p": lambda n: uip2p_scores(n or 36),
 }
 CARD_KEYS = {
     "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
@@ -280,6 +289,9 @@ CARD_KEYS = {
     "toy-editclip": ["editclip_map10", "editclip_map10_clip", "editclip_map10_clipdir", "editclip_auc"],
     "toy-editclip-ip2p": ["editclip_success", "editclip_success_untrained", "editclip_kind", "editclip_kind_untrained",
                           "editclip_success_by_kind"],
+    "toy-uip2p": ["uip2p_recon_mae", "uip2p_recon_mae_untrained", "uip2p_recon_mae_ip2p_matched", "uip2p_recon_scene",
+                  "uip2p_recon_scene_untrained", "uip2p_recon_scene_ip2p_matched", "uip2p_success",
+                  "uip2p_success_untrained", "uip2p_success_ip2p_matched", "uip2p_success_by_kind"],
 }
 
 

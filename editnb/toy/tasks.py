@@ -215,6 +215,25 @@ class SDTask(_Task):
         pipe.save_pretrained(str(out))
 
 
+def ip2p_unet_from_sd(sd_unet=None):
+    """InstructPix2Pix's initialisation (Brooks et al. 2023, Sec. 3.2): an 8-channel UNet with the
+    weights of a text-to-image UNet (default: toy-sd's), the extra (image) input channels zero."""
+    from diffusers import UNet2DConditionModel
+
+    if sd_unet is None:
+        try:
+            sd_unet = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet",
+                                                           dtype=torch.float32)
+        except OSError as e:
+            raise RuntimeError("toy-sd is missing; train it first with `editnb toy train sd`") from e
+    unet = arch.new_unet(in_channels=2 * arch.LATENT_CHANNELS)
+    state = {k: v.detach().float().cpu() for k, v in sd_unet.state_dict().items()}
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
+    unet.load_state_dict(state)
+    return unet
+
+
 class IP2PTask(SDTask):
     """InstructPix2Pix (Brooks et al. 2023): the UNet sees [noisy target latent, source latent]
     and the instruction; 5% text dropped, 5% image dropped, 5% both (their Sec. 3.2.1)."""
@@ -223,20 +242,13 @@ class IP2PTask(SDTask):
     dropout = 0.05
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
 
-    def new_unet(self):
-        from diffusers import UNet2DConditionModel
+    def __init__(self, device, recipe, seed):
+        super().__init__(device, recipe, seed)
+        if self.unet.config.in_channels == arch.LATENT_CHANNELS:  # --init data/models/toy-sd: widen it as new_unet does
+            self.unet = ip2p_unet_from_sd(self.unet).to(device)
 
-        unet = arch.new_unet(in_channels=2 * arch.LATENT_CHANNELS)
-        try:  # start from toy-sd, extra input channels zero-initialised, as InstructPix2Pix does
-            sd = UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet",
-                                                      dtype=torch.float32)
-        except OSError as e:
-            raise RuntimeError("toy-sd is missing; train it first with `editnb toy train sd`") from e
-        state = sd.state_dict()
-        w = state["conv_in.weight"]
-        state["conv_in.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
-        unet.load_state_dict(state)
-        return unet
+    def new_unet(self):
+        return ip2p_unet_from_sd()
 
     data_fn = staticmethod(edit_batch)
 

@@ -17,14 +17,15 @@ from pathlib import Path
 
 from ..methods.editclip import task as editclip_task
 from ..methods.iedit.task import IEditTask
+from ..methods.uip2p import task as uip2p_task
 from ..models import models_dir
 from ..training import Recipe, fit
 from .cards import write_card
 from .tasks import TASKS as TOY_TASKS
 from .weights import share_weights
 
-# the methods' own tasks (iEdit's fine-tune, EditCLIP's pair encoder and exemplar editor) train here too
-TASKS = {**TOY_TASKS, "iedit": IEditTask, **editclip_task.TASKS}
+# the methods' own tasks (iEdit's fine-tune, EditCLIP's pair encoder and exemplar editor, UIP2P's ERC) train here too
+TASKS = {**TOY_TASKS, "iedit": IEditTask, **editclip_task.TASKS, **uip2p_task.TASKS}
 MODELS = tuple(TASKS)
 
 # The shipped runs (see each model card).  vae and clip were trained on the 2-core CPU; the rest on
@@ -41,6 +42,7 @@ RECIPES = {
     "clipseg": Recipe(steps=3500, batch_size=128, lr=1e-3, weight_decay=0.01),
     "iedit": Recipe(steps=1100, batch_size=32, lr=2e-4, warmup=20, options={"pairs": 4096, "pool": 8192}),
     **editclip_task.RECIPES,
+    **uip2p_task.RECIPES,
 }
 
 

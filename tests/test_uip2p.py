@@ -1,0 +1,284 @@
+"""UIP2P: the ERC losses, the training step (what it changes, what it never reads), the
+reverse-instruction data, the matched InstructPix2Pix initialisation and the Elo rating."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from editnb import metrics
+from editnb.methods import get
+from editnb.methods.uip2p import (GroundTruthAccessError, attention_consistency_loss, clip_directional_loss,
+                                  directional_loss, erc_loss, reconstruction_loss, rule_based_reverse, table_4_rows)
+from editnb.methods.uip2p.data import ReverseInstructionDataset, batch_of, clip_filter, reversible_batch
+from editnb.toy import world
+
+# ------------------------------------------------------------------ losses
+
+
+def test_reconstruction_loss_is_zero_for_identical_images_and_grows_with_the_difference():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert reconstruction_loss(x, x.clone()).item() == 0.0
+    assert reconstruction_loss(x + 0.1, x).item() == pytest.approx(0.1, abs=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        reconstruction_loss(x, x[:1])
+
+
+def test_attention_loss_is_zero_for_identical_maps_and_ignores_their_scale():
+    a = torch.rand(3, 16, 16)
+    assert attention_consistency_loss(a, a.clone()).item() == pytest.approx(0.0, abs=1e-12)
+    # the same regions at another overall strength (another instruction length) is still consistent
+    assert attention_consistency_loss(a, 3 * a).item() == pytest.approx(0.0, abs=1e-10)
+    b = torch.zeros(3, 16, 16)
+    b[:, :8] = 1.0
+    c = torch.zeros(3, 16, 16)
+    c[:, 8:] = 1.0
+    assert attention_consistency_loss(b, c).item() > 0.5  # attention on opposite halves
+
+
+def test_directional_loss_is_zero_when_the_image_moves_along_the_text_direction():
+    text_dir = torch.randn(4, 32)
+    assert directional_loss(text_dir, text_dir).item() == pytest.approx(0.0, abs=1e-6)
+    # only the direction counts, not the length
+    assert directional_loss(2.5 * text_dir, text_dir).item() == pytest.approx(0.0, abs=1e-6)
+    assert directional_loss(-text_dir, text_dir).item() == pytest.approx(2.0, abs=1e-6)
+    # an item without a text direction (same captions) is left out, not counted as a failure
+    dirs = torch.stack([text_dir[0], torch.zeros(32)])
+    assert directional_loss(torch.stack([text_dir[0], torch.randn(32)]), dirs).item() == pytest.approx(0.0, abs=1e-6)
+
+
+class _LinearClip:
+    """A CLIP stand-in with a known geometry: images embed to their flattened pixels' first 6
+    values, texts to fixed vectors."""
+
+    def __init__(self, text_vectors: dict):
+        self.text_vectors = text_vectors
+
+    def pixel_features(self, x):
+        return x.flatten(1)[:, :6]
+
+    def texts(self, texts):
+        return torch.stack([self.text_vectors[t] for t in texts])
+
+
+def test_clip_loss_compares_the_image_change_with_the_caption_change():
+    e = torch.eye(6)
+    feats = _LinearClip({"a red circle": e[0], "a blue circle": e[0] + e[1]})  # text direction: e1
+    inputs = torch.zeros(1, 3, 2, 2)
+    along = inputs.clone()
+    along.view(1, -1)[0, 1] = 0.7  # the image moves along e1
+    across = inputs.clone()
+    across.view(1, -1)[0, 2] = 0.7  # ... or along e2
+    good = clip_directional_loss(feats, inputs, along, ["a red circle"], ["a blue circle"])
+    bad = clip_directional_loss(feats, inputs, across, ["a red circle"], ["a blue circle"])
+    assert good.item() == pytest.approx(0.0, abs=1e-6) and bad.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_erc_loss_weights_the_terms_and_refuses_unknown_or_negative_weights():
+    one = torch.tensor(1.0)
+    terms = erc_loss(one, 2 * one, 3 * one, 4 * one, {"clip": 1, "recon": 0.5, "sim": 0, "attn": 2})
+    assert terms.total.item() == pytest.approx(1 + 1 + 0 + 8)
+    with pytest.raises(ValueError, match="unknown loss weight"):
+        erc_loss(one, one, one, one, {"lpips": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        erc_loss(one, one, one, one, {"clip": -1})
+
+
+# ------------------------------------------------------------------ the training step
+
+
+@pytest.fixture(scope="module")
+def task():
+    from editnb.methods.uip2p.task import RECIPES, UIP2PTask
+
+    torch.manual_seed(0)
+    recipe = RECIPES["uip2p"]
+    return UIP2PTask("cpu", recipe, 0, **recipe.options)
+
+
+def test_a_training_step_changes_the_unet_and_nothing_frozen_and_reads_no_edited_image(task, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a UIP2P code path read a ground-truth edited image")
+
+    monkeypatch.setattr(world.Edit, "edited_image", forbidden)
+    monkeypatch.setattr(world.Edit, "mask", forbidden)
+    unet = task.trainable()
+    assert unet.config.in_channels == 8 and not unet.conv_in.weight[:, 4:].any()  # IP2P's zero image channels
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    frozen_before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in task.frozen().items()}
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    batch = task.data_fn(3, 2, 0)  # through the guard: raises GroundTruthAccessError if anything peeks
+    loss = task.loss(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and set(task.last_terms) == {"clip", "recon", "sim", "attn", "total"}
+    opt.zero_grad()
+    loss.backward()
+    for name, m in task.frozen().items():
+        assert all(p.grad is None for p in m.parameters()), f"{name} got gradients"
+    opt.step()
+    after = unet.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert after["conv_in.weight"][:, 4:].abs().sum() > 0  # the image channels learn from ERC
+    for name, m in task.frozen().items():
+        assert all(torch.equal(frozen_before[name][k], v) for k, v in m.state_dict().items()), f"{name} changed"
+
+
+def test_erc_step_outputs_and_attention_maps_stay_in_the_graph(task):
+    from editnb.methods.uip2p import erc_step
+
+    b = reversible_batch(0, 2)
+    terms, out = erc_step(task.models, b.images, b.instructions, b.reverse_instructions, b.input_captions,
+                          b.edited_captions, torch.Generator().manual_seed(1), dropout=0.0)
+    assert out.edited.shape == out.reconstructed.shape == b.images.shape
+    assert out.forward_attention.shape == out.reverse_attention.shape == (2, 16, 16)
+    assert out.forward_attention.requires_grad and out.reverse_attention.requires_grad
+    assert (out.forward_attention > 0).all()  # the instruction's words get attention everywhere
+    grads = torch.autograd.grad(terms.attn, [p for p in task.unet.parameters() if p.requires_grad], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # L_attn trains the UNet
+    with pytest.raises(ValueError, match="one per image"):
+        erc_step(task.models, b.images, b.instructions[:1], b.reverse_instructions, b.input_captions,
+                 b.edited_captions, torch.Generator())
+
+
+def test_the_guard_raises_when_the_edited_image_or_its_mask_is_touched():
+    item = ReverseInstructionDataset("train")[5]
+    for name in ("edited_image", "target", "mask", "changed", "reverse"):
+        with pytest.raises(GroundTruthAccessError, match="must not see"):
+            getattr(item, name)
+    edit = world.edit_for("train", 5)
+    assert (item.input_caption, item.instruction, item.edited_caption, item.reverse_instruction) == (
+        edit.source_caption, edit.instruction, edit.target_caption, edit.reverse_instruction)
+    assert np.array_equal(item.source_image(), edit.source_image())
+    b = batch_of([item])
+    assert b.images.shape == (1, 3, 64, 64) and b.reverse_instructions == [edit.reverse_instruction]
+
+
+def test_matched_ip2p_starts_from_the_same_initialisation(task):
+    from editnb.toy.tasks import IP2PTask
+    from editnb.toy.train import recipe_for
+
+    fresh = type(task)("cpu", task_recipe(), 0).unet.state_dict()
+    for recipe in (recipe_for("ip2p", batch_size=2), recipe_for("ip2p", batch_size=2, init="data/models/toy-sd")):
+        ip2p = IP2PTask("cpu", recipe, 0).unet.state_dict()
+        assert ip2p.keys() == fresh.keys() and all(torch.equal(ip2p[k], fresh[k]) for k in fresh)
+
+
+def task_recipe():
+    from editnb.methods.uip2p.task import RECIPES
+
+    return RECIPES["uip2p"]
+
+
+def test_uip2p_trains_from_the_cli_registry_and_runs_as_ip2p():
+    from editnb.models import REGISTRY, load
+    from editnb.toy.train import MODELS, recipe_for
+
+    assert "uip2p" in MODELS and recipe_for("uip2p", steps=3).steps == 3
+    assert get("uip2p").models == ("uip2p",) and REGISTRY["uip2p"].toy == "toy-uip2p"
+    with pytest.raises(RuntimeError, match="no public sd15 weights"):
+        load("uip2p", profile="sd15")
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_rule_based_reverse_instructions_on_the_captions_of_table_4():
+    cases = [
+        ("A dog sitting on a couch", "add a ball next to the dog", "A dog sitting on a couch with a ball",
+         "remove the ball"),
+        ("A dog sitting on a couch", "remove the dog", "An empty couch", "add the dog back"),
+        ("A dog sitting on a couch", "move the dog to the floor", "A dog sitting on the floor",
+         "move the dog back to the couch"),
+        ("A black car parked on the street", "change the car color to red", "A red car parked on the street",
+         "change the car color back to black"),
+        ("A car parked on the street", "move the car to the garage", "A car parked in the garage",
+         "move the car back to the street"),
+        ("A man wearing a denim jacket", "make the jacket a rain coat", "A man wearing a rain coat",
+         "make the coat a denim jacket"),  # Sec. 8.1's example
+        ("A sofa in the living room", "add pillows", "A sofa in the living room with pillows", "remove the pillows"),
+    ]
+    for caption, instruction, edited, reverse in cases:
+        row = rule_based_reverse(caption, instruction)
+        assert (row.edited_caption, row.reverse_instruction) == (edited, reverse), instruction
+    # a colour the caption does not name cannot be restored by name
+    assert rule_based_reverse("A dog sitting on a couch", "change the dog's color to brown").reverse_instruction == \
+        "change the dog's color back to its original color"
+    with pytest.raises(ValueError, match="no rule"):
+        rule_based_reverse("A dog sitting on a couch", "make it look happier")
+
+
+def test_toyworld_gives_table_4_rows_with_a_reverse_instruction_for_every_kind():
+    rows = table_4_rows(2)
+    assert len(rows) == 2 * len(world.EDIT_KINDS) and {r["kind"] for r in rows} == set(world.EDIT_KINDS)
+    for r in rows:
+        assert r["Reverse Instruction"] and r["Reverse Instruction"] != r["Edit Instruction"]
+    for i in range(30):  # the reverse instruction undoes the edit: applying it to the target gives the source
+        e = world.edit_for("train", i)
+        assert e.reverse().instruction == e.reverse_instruction and e.reverse().target == e.source
+
+
+def test_clip_filter_keeps_matching_captions_at_threshold_0_2():
+    from editnb.features import clip_features
+
+    feats = clip_features("clip", profile="toy")
+    scene = world.scene_for("test", 0)
+    phrases = {o.phrase for o in scene.objects}
+    other = next(s for s in (world.scene_for("test", i) for i in range(1, 50))
+                 if s.background != scene.background and not {o.phrase for o in s.objects} & phrases)
+    image = world.render(scene)
+    keep, sims = clip_filter(feats, [image, image], [scene.caption, other.caption])
+    assert sims[0] > sims[1]
+    assert list(keep) == [s >= 0.2 for s in sims]
+    keep_all, _ = clip_filter(feats, [image, image], [scene.caption, other.caption], threshold=-1.0)
+    assert keep_all.all()
+    with pytest.raises(ValueError, match="one caption per image"):
+        clip_filter(feats, [image], [scene.caption, other.caption])
+
+
+# ------------------------------------------------------------------ Elo (Sec. 3)
+
+
+def test_elo_on_a_hand_made_vote_sequence():
+    votes = [("uip2p", "ip2p", "uip2p"), ("uip2p", "ip2p", "uip2p"), ("magicbrush", "uip2p", "magicbrush"),
+             ("ip2p", "magicbrush", None)]
+    board = {name: (rating, games) for name, rating, games in metrics.elo_leaderboard(votes)}
+    # by hand: game 1 at equal ratings moves K/2 = 16 points
+    r_u, r_i = 1516.0, 1484.0
+    e = 1 / (1 + 10 ** ((r_i - r_u) / 400))  # game 2: 0.5459
+    r_u, r_i = r_u + 32 * (1 - e), r_i - 32 * (1 - e)
+    e_m = 1 / (1 + 10 ** ((r_u - 1500) / 400))  # game 3: the newcomer wins
+    r_m, r_u = 1500 + 32 * (1 - e_m), r_u - 32 * (1 - e_m)
+    e_i = 1 / (1 + 10 ** ((r_m - r_i) / 400))  # game 4: a draw
+    r_i, r_m = r_i + 32 * (0.5 - e_i), r_m - 32 * (0.5 - e_i)
+    assert board["uip2p"][0] == pytest.approx(r_u) and board["ip2p"][0] == pytest.approx(r_i)
+    assert board["magicbrush"][0] == pytest.approx(r_m)
+    assert round(r_u, 2) == 1513.13 and board["uip2p"][1] == 3
+    assert math.isclose(sum(r for r, _ in board.values()), 3 * 1500)  # every game moves points, never makes them
+
+
+def test_forward_then_reverse_measures_reconstruction_and_success_per_kind(random_ip2p):
+    from editnb.methods.uip2p.toy_eval import forward_reverse
+
+    edits = [world.edit_for("test", i, kind) for i, kind in enumerate(("recolor", "add", "recolor"))]
+    r = forward_reverse(random_ip2p, edits, steps=2, batch_size=2)
+    assert len(r["forward"]) == len(r["reverse"]) == 3 and r["reverse"][0].shape == (64, 64, 3)
+    assert 0 <= r["recon_mae"] <= 255 and 0 <= r["recon_scene"] <= 1
+    assert set(r["success_by_kind"]) == {"recolor", "add"}  # kinds in EDIT_KINDS order, only those present
+
+
+def test_export_links_the_parts_erc_did_not_train_to_toy_sd(tmp_path):
+    import shutil
+
+    from editnb.methods.uip2p.task import link_toy_sd_parts
+    from editnb.models import models_dir
+
+    root = tmp_path / "models"
+    for name in ("toy-sd", "toy-vae", "toy-clip"):  # toy-sd's parts link into toy-vae and toy-clip
+        shutil.copytree(models_dir() / name, root / name, symlinks=True)
+    out = root / "toy-uip2p"
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        shutil.copytree(root / "toy-sd" / part, out / part)  # resolves the links: real copies
+    (out / "scheduler" / "scheduler_config.json").write_text('{"beta_end": 0.02}')  # a part that differs
+    assert sorted(link_toy_sd_parts(out, root)) == ["text_encoder", "tokenizer", "vae"]
+    assert (out / "vae").is_symlink() and not (out / "scheduler").is_symlink()
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").exists()  # the relative link resolves

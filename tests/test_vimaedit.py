@@ -1,0 +1,222 @@
+"""ViMAEdit (editnb.methods.vimaedit): the formulas of Eq. 7 and Eq. 9, the adaptive variance of
+Eq. 11-12, the blend-word fallback, and end-to-end edits on the toy and sd15-shaped profiles."""
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import editnb
+from editnb import editing, models
+from editnb.bench.data import load_pie_bench
+from editnb.methods.vimaedit import estimate_target_embedding, grounding_resolutions, refine, trace_grounding, vimaedit
+from editnb.methods.vimaedit.edit import present_blend_words
+from editnb.methods.vimaedit.grounding import cluster_saliency
+from editnb.runtime import data_dir
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return editnb.setup(profile="toy", device="cpu", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def adapter(toy):
+    return models.load("ip-adapter", profile="toy", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def items():
+    return load_pie_bench(data_dir() / "bench" / "toy-pie")
+
+
+def _words(pipe, item):
+    return present_blend_words(pipe.tokenizer, item.source_prompt, item.target_prompt, item.blend_words)
+
+
+# ------------------------------------------------------------------ the formulas
+
+
+def test_target_estimate_is_eq7_with_the_text_difference_at_the_image_norm():
+    g = torch.Generator().manual_seed(0)
+    e_img, t_src, t_tgt = (torch.randn(1, 16, generator=g) * s for s in (3.0, 0.5, 2.0))
+    out = estimate_target_embedding(e_img, t_src, t_tgt)
+    n = e_img.norm()
+    expected = e_img + (t_tgt * n / t_tgt.norm() - t_src * n / t_src.norm())
+    torch.testing.assert_close(out, expected)
+    # prompts already at the image's norm: Eq. 7 literally, e_I + (e_T^tgt - e_T^src)
+    a, b = t_src / t_src.norm() * n, t_tgt / t_tgt.norm() * n
+    torch.testing.assert_close(estimate_target_embedding(e_img, a, b), e_img + (b - a))
+    # the same prompt twice: the estimate is the source image embedding
+    torch.testing.assert_close(estimate_target_embedding(e_img, t_src, 5 * t_src), e_img)
+    with pytest.raises(ValueError, match="one CLIP space"):
+        estimate_target_embedding(e_img, torch.randn(1, 8), torch.randn(1, 8))
+
+
+def test_one_grounding_round_and_n_rounds_match_eq9():
+    Q = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.0, 0.2, 0.8]])
+    s0 = torch.tensor([1.0, 0.0, 0.0])
+    s1 = refine(s0, Q, gamma=0.5, rounds=1)[0]
+    # by hand: Q s0 = [0.5, 0.25, 0]; s1 = 0.5 s0 + 0.5 Q s0
+    torch.testing.assert_close(s1, torch.tensor([0.75, 0.125, 0.0]))
+    for gamma, n in ((0.5, 5), (0.2, 3), (0.9, 7)):
+        closed = torch.linalg.matrix_power(gamma * torch.eye(3) + (1 - gamma) * Q, n) @ s0
+        torch.testing.assert_close(refine(s0, Q, gamma, n)[-1], closed)
+    # batched (branches) as the editor calls it
+    batch = refine(torch.stack([s0, s0.flip(0)]), torch.stack([Q, Q]), 0.5, 5)[-1]
+    torch.testing.assert_close(batch[1], refine(s0.flip(0), Q, 0.5, 5)[-1])
+    with pytest.raises(ValueError, match="gamma"):
+        refine(s0, Q, gamma=1.5)
+
+
+def test_dpl_grounding_gives_each_cluster_its_mean_saliency():
+    # two groups of patches that attend only within their group
+    Q = torch.block_diag(torch.full((3, 3), 1 / 3), torch.full((2, 2), 1 / 2))[None]
+    s0 = torch.tensor([[0.9, 0.6, 0.3, 0.1, 0.3]])
+    out = cluster_saliency(s0, Q, clusters=2)
+    torch.testing.assert_close(out, torch.tensor([[0.6, 0.6, 0.6, 0.2, 0.2]]))
+
+
+def test_grounding_resolutions_come_from_the_model(adapter):
+    from editnb import sd15_shaped
+
+    sd15 = SimpleNamespace(config=SimpleNamespace(**sd15_shaped.unet_config(full_width=True, sample_size=64),
+                                                  mid_block_type="UNetMidBlock2DCrossAttn"))
+    assert grounding_resolutions(sd15) == (16, 32)  # the paper's P1 = 16x16, P2 = 32x32
+    assert grounding_resolutions(adapter.unet) == (8, 16)  # the toy UNet's two attention levels
+
+
+# ------------------------------------------------------------------ the edit
+
+
+def test_adaptive_variance_adds_no_noise_outside_the_critical_region(adapter, items):
+    """The critical region of a real edit drives the editor's noisy step: outside it the step is
+    plain DDIM to the bit, inside it is not, and both branches get the same noise."""
+    item = items[0]
+    result = vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, _words(adapter, item),
+                      steps=STEPS, generator=torch.Generator().manual_seed(0))
+    ground = result.found["grounding"]
+    critical = ground.critical.bool()
+    assert 0 < critical.sum() < critical.numel()
+    assert not (critical & ~ground.mask.bool()).any()  # delta' > delta: the critical region lies in the mask
+    sched = editnb.diffusion.make_scheduler(adapter)
+    sched.set_timesteps(10)
+    t = sched.timesteps[3]
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 4, 16, 16, generator=g).repeat(2, 1, 1, 1)
+    eps = torch.randn(1, 4, 16, 16, generator=g).repeat(2, 1, 1, 1)
+    step = editing.region_noise_step(ground.adaptive_noise, torch.Generator().manual_seed(2))
+    out = step(STEPS - 1, t, eps, latents, sched)  # the last step: its critical region is the one above
+    plain = sched.step(eps, t, latents).prev_sample
+    outside = ~critical.expand_as(out)
+    assert torch.equal(out[outside], plain[outside])
+    assert (out - plain)[~outside].abs().min() > 0
+    assert torch.equal(out[0], out[1])  # one draw for both branches (Eq. 12)
+
+
+def test_without_a_blend_word_grounding_and_adaptive_variance_switch_off(adapter, items):
+    item = items[0]
+    runs = []
+    for seed in (0, 1):
+        with pytest.warns(UserWarning, match="without a blend word"):
+            runs.append(vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, None, steps=STEPS,
+                                 generator=torch.Generator().manual_seed(seed)))
+    assert "grounding" not in runs[0].found and "blend" not in runs[0].masks
+    torch.testing.assert_close(runs[0].latents, runs[1].latents, rtol=0, atol=0)  # no sampling noise drawn
+    with pytest.raises(ValueError, match="adaptive variance"):
+        vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, ("triangle", "circle"), grounding=None,
+                 steps=STEPS)
+
+
+def test_vimaedit_edits_only_inside_the_grounded_mask_on_the_toy_profile(adapter, items):
+    item = items[0]
+    scale = [p.scale for p in adapter.unet.attn_processors.values() if hasattr(p, "scale")]
+    # DDIM inversion: with Direct Inversion the source is put back on its trajectory after the blend
+    result = vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, _words(adapter, item), steps=STEPS,
+                      inversion="ddim", generator=torch.Generator().manual_seed(0))
+    assert [p.scale for p in adapter.unet.attn_processors.values() if hasattr(p, "scale")] == scale  # lambda restored
+    assert result.images[1].size == (64, 64)
+    mask = torch.from_numpy(result.masks["blend"])
+    z_src, z_tgt = result.latents
+    assert torch.equal(z_tgt[:, ~mask], z_src[:, ~mask])  # Eq. 6 after the last step
+    assert (z_tgt[:, mask] - z_src[:, mask]).abs().mean() > 1e-3
+    # the image embedding changes the edit (Eq. 7-8); without it the plain SD pipeline runs
+    plain = vimaedit(models.load("sd", profile="toy", device="cpu", dtype=torch.float32), item.source_prompt,
+                     item.target_prompt, item.image, _words(adapter, item), image_guidance=False, steps=STEPS,
+                     inversion="ddim", generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(plain.latents[1], result.latents[1])
+    with pytest.raises(ValueError, match="needs the source image"):
+        vimaedit(adapter, item.source_prompt, item.target_prompt, None, _words(adapter, item), steps=STEPS)
+    with pytest.raises(ValueError, match="scheduler='ddim'"):  # the core's: region noise is DDIM's
+        vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, _words(adapter, item), steps=STEPS,
+                 scheduler="dpm++")
+
+
+def test_derivatives_and_p2p_pie_run_through_the_registry(toy, items):
+    from editnb.bench.runner import Context
+    from editnb.methods import get
+
+    ctx = Context()
+    for name in ("vimaedit", "vimaedit-no-image", "vimaedit-ca", "vimaedit-dpl", "vimaedit-var0", "vimaedit-var1"):
+        assert set(get(name).needs) == {"source_prompt", "target_prompt", "blend_words"}
+    item = items[20]  # an "add" edit: the blend word is only in the target prompt
+    for name in ("vimaedit-dpl", "vimaedit-var1", "p2p-pie"):  # the other derivatives are flags tested above
+        out = get(name).run(ctx, item, toy.generator(0), 2)
+        assert out.size == item.image.size, name
+
+
+def test_dpm_solver_edits_a_generated_source_with_grounding(adapter):
+    sd = models.load("sd", profile="toy", device="cpu", dtype=torch.float32)
+    result = vimaedit(sd, "a red circle on a white background", "a red square on a white background", None,
+                      ("circle", "square"), image_guidance=False, variance="zero", scheduler="dpm++", steps=STEPS,
+                      generator=torch.Generator().manual_seed(0))
+    assert result.masks["blend"].any()
+
+
+def test_trace_grounding_keeps_every_round_and_step(adapter, items):
+    item = items[0]
+    tr = trace_grounding(adapter, item.source_prompt, item.target_prompt, item.image, _words(adapter, item),
+                         item.mask, steps=5, generator=torch.Generator().manual_seed(0))
+    assert tr.resolutions == (8, 16) and len(tr.steps) == 4 == len(tr.ious)  # from step int(0.2 * 5) = 1 on
+    first = tr.steps[0]
+    assert first.initial.shape == (2, 16, 16) and len(first.rounds) == 5 and first.mask.shape == (16, 16)
+    assert all(0.0 <= v <= 1.0 for v in tr.ious)
+
+
+# ------------------------------------------------------------------ the sd15 code path
+
+
+def test_vimaedit_runs_on_the_sd15_shaped_profile():
+    from editnb import runtime
+    from editnb.bench.runner import Context
+    from editnb.methods import get
+
+    saved = runtime._CURRENT
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rt = editnb.setup(profile="sd15-shaped", device="cpu", verbose=False)
+        item = next(i for i in load_pie_bench(data_dir() / "bench" / "toy-pie") if i.editing_type == "1")
+        ctx = Context()
+        out = get("vimaedit").run(ctx, item, rt.generator(0), 2)
+        side = ctx.model("ip-adapter").unet.config.sample_size * 8
+        assert out.size == (side, side)
+        assert grounding_resolutions(ctx.model("ip-adapter").unet) == (6, 12)  # a quarter and half of 24
+    finally:
+        runtime._CURRENT = saved
+
+
+def test_bad_settings_are_refused_before_any_compute(adapter, items):
+    item = items[0]
+    args = (adapter, item.source_prompt, item.target_prompt, item.image, ("triangle", "circle"))
+    for bad, match in (({"variance": "high"}, "variance must be one of"), ({"grounding": "sam"}, "grounding must be"),
+                       ({"gamma": 2.0}, "gamma"), ({"rounds": -1}, "rounds"), ({"delta": 0.9}, "delta' "),
+                       ({"start": 1.0}, "start")):
+        with pytest.raises(ValueError, match=match):
+            vimaedit(*args, steps=STEPS, **bad)
+    with pytest.raises(ValueError, match="not in the prompt"):
+        vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, ("dog", "cat"), steps=STEPS)
