@@ -15,6 +15,8 @@ Prints a markdown table for the README.  Calls:
   step of the objective (Eq. 12) on the UNet's input and middle blocks, batch 1, AdamW, gradient
   checkpointing (offload does not apply: the UNet trains on the GPU);
 - 03: LIME (localisation pass, KMeans, regularised InstructPix2Pix edit);
+- 06: EditCLIP exemplar editing (the 6-channel ViT-L/14 pair encoder on the exemplar pair, its hidden
+  states through the projection, Eq. 5's three-branch guidance on InstructPix2Pix's UNet);
 - 07: the metrics of one edit (CLIP L/14 score and directional similarity, DINO structure distance).
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import editnb
 from editnb import metrics, sd15_shaped
 from editnb.features import ClipFeatures
 from editnb.images import model_resolution, pil_to_tensor, sample_photos
-from editnb.methods import iedit, lime
+from editnb.methods import editclip, iedit, lime
 from editnb.methods.p2p import prompt_to_prompt
 from editnb.models import tokenize
 
@@ -82,6 +84,9 @@ def main(argv=None) -> list[tuple]:
     clipseg = _model("clipseg", full, device, dtype)
     features = ClipFeatures(*_model("clip", full, device, dtype))
     dino = _model("dino", full, device, dtype)
+    pair_encoder = editclip.EditEncoder(*_model("editclip", full, device, dtype))
+    projection = editclip.new_projection(pair_encoder.model.config.vision_config.hidden_size,
+                                         ip2p.unet.config.cross_attention_dim).to(device, dtype)
     photos = sample_photos()
     photo, wide = photos["chelsea"], photos["coffee"]
     steps, gen = args.steps, lambda: torch.Generator(device).manual_seed(0)
@@ -97,6 +102,10 @@ def main(argv=None) -> list[tuple]:
     def lime_edit():
         lime.edit(ip2p, photo, "turn the cat into a tiger", steps=steps, localisation_steps=steps, generator=gen())
 
+    def exemplar_edit():  # the editor's weights do not change memory or time: an untrained projection will do
+        editor = editclip.ExemplarEditor(ip2p, projection, pair_encoder)
+        editclip.exemplar_edit(editor, wide, photo, photo, steps=steps, generator=gen())
+
     def measure_metrics():
         metrics.clip_similarity(features, [photo], ["a photo of a cat"])
         metrics.clip_directional_similarity(features, [photo], [wide], ["a cat"], ["a cup of coffee"])
@@ -105,7 +114,8 @@ def main(argv=None) -> list[tuple]:
     rows = []
     for chapter, call, pipe, fn in (("01", "Prompt-to-Prompt (inversion + edit)", sd, p2p),
                                     ("02", "iEdit-M (CLIPSeg mask + masked inference)", sd, iedit_m),
-                                    ("03", "LIME (localisation + regularised edit)", ip2p, lime_edit)):
+                                    ("03", "LIME (localisation + regularised edit)", ip2p, lime_edit),
+                                    ("06", "EditCLIP exemplar editing (pair encoder + Eq. 5)", ip2p, exemplar_edit)):
         for offload in (False, True):
             _place(pipe, device, offload)
             with torch.no_grad():
