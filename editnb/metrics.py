@@ -1,7 +1,11 @@
 """Every metric the papers report, each with the paper's definition.
 
-Pixel metrics (L1, L2, MSE, PSNR, SSIM) come from torchmetrics / scikit-image; ranking metrics
-from torchmetrics' retrieval functions and scikit-learn.  Metrics that need pretrained features
+Pixel metrics (L1, L2, MSE, PSNR) come from torchmetrics; SSIM is written here in torch with
+torchmetrics' Gaussian 11x11 window (PIE-Bench's setting) because iEdit's SSIM-M needs its
+per-pixel map; ranking metrics come from torchmetrics' retrieval functions and scikit-learn.
+Which scale each CLIP score is on: :func:`clip_score` is PIE-Bench's CLIP similarity
+(100 max(cos, 0)), :func:`clipscore_hessel` Hessel et al.'s CLIPScore as iEdit reports it
+(250 max(cos, 0), in %).  Metrics that need pretrained features
 take an explicit ``features`` object: :func:`clip_features` (any CLIPModel: ViT-L/14 or B/32 in
 ``sd15``, toy-clip in ``toy``).  Feature-based metrics computed with toy-clip carry a ``toy-``
 name in the tables (toy-LPIPS, toy-FID, toy-DINO, toy-structure): they follow the standard
@@ -82,23 +86,76 @@ def psnr(a, b, mask=None, region: str = "all") -> float:
     return pixels.psnr(*apply_region(a, b, mask, region))
 
 
-def ssim(a, b, mask=None, region: str = "all") -> float:
-    """SSIM (Wang et al. 2004) with scikit-image's defaults (7x7 window) on RGB images."""
-    x, y = apply_region(a, b, mask, region)
-    from skimage.metrics import structural_similarity
+#: SSIM's window (Wang et al. 2004; torchmetrics' default, which PIE-Bench's evaluation uses):
+#: a Gaussian of standard deviation 1.5 truncated to 11 x 11, constants K1 = 0.01, K2 = 0.03.
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 
-    return float(structural_similarity(x, y, channel_axis=-1, data_range=255))
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    return g / g.sum()
+
+
+def ssim_map(a, b, border: str = "valid", window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """The SSIM map (Wang et al. 2004, Eq. 13 with a Gaussian window) of two RGB images on [0, 1]
+    (data range 1), per pixel and channel: (H', W', 3).
+
+    Local means, variances and covariance are Gaussian-weighted (separable `window` x `window`
+    kernel, standard deviation `sigma`); variances are population ones (E[x^2] - mu^2, clamped at
+    0), as in torchmetrics.  ``border`` says what happens where the window leaves the image:
+
+    - ``"valid"``: only positions where it fits, a map (H - 10, W - 10); the mean of this map is
+      what torchmetrics < 1.5 returned (it padded, then cropped the padding off), the version
+      PIE-Bench's published numbers were computed with;
+    - ``"reflect"``: the images are mirror-padded (torch's "reflect"), a full (H, W) map; its mean
+      is torchmetrics >= 1.5's SSIM, and per-pixel maps (:func:`ssim_masked`) need every pixel.
+    """
+    if border not in ("valid", "reflect"):
+        raise ValueError(f"border must be 'valid' (crop where the window does not fit) or 'reflect' "
+                         f"(mirror-pad, full-size map), got {border!r}")
+    if window % 2 == 0 or window < 1 or sigma <= 0:
+        raise ValueError(f"the window is an odd size >= 1 and sigma > 0; got window={window}, sigma={sigma}")
+    x, y = (_to_unit_tensor(v) for v in _pair(a, b))
+    pad = window // 2
+    if border == "valid" and min(x.shape[-2:]) < window:
+        raise ValueError(f"images of size {tuple(x.shape[-2:])} are smaller than the {window}x{window} SSIM window; "
+                         "use border='reflect' or larger images")
+    if border == "reflect":
+        if min(x.shape[-2:]) <= pad:
+            raise ValueError(f"images of size {tuple(x.shape[-2:])} are too small to mirror-pad by {pad}")
+        x, y = (F.pad(v, (pad, pad, pad, pad), mode="reflect") for v in (x, y))
+    g = _gaussian_window(window, sigma)
+    channels = x.shape[1]
+    rows, cols = g.reshape(1, 1, -1, 1).repeat(channels, 1, 1, 1), g.reshape(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+
+    def blur(v):  # the separable Gaussian, per channel, no padding (the padding, if any, is done)
+        return F.conv2d(F.conv2d(v, rows, groups=channels), cols, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = (blur(x * x) - mu_x ** 2).clamp_min(0)
+    var_y = (blur(y * y) - mu_y ** 2).clamp_min(0)
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s[0].permute(1, 2, 0).numpy()
+
+
+def ssim(a, b, mask=None, region: str = "all", border: str = "valid") -> float:
+    """SSIM of RGB images as PIE-Bench computes it (torchmetrics' SSIM: Gaussian 11x11 window,
+    sigma 1.5, data range 1), on the region of :func:`apply_region`; the mean of :func:`ssim_map`
+    (``border="valid"`` by default, the torchmetrics version of PIE-Bench's numbers)."""
+    return float(ssim_map(*apply_region(a, b, mask, region), border=border).mean())
 
 
 def ssim_masked(a, b, mask) -> tuple[float, float]:
     """iEdit's (SSIM-M, SSIM-M-bar): the mean of the SSIM map over the edited area and over the
-    rest of the image (iEdit Sec. 4, "Evaluation metrics")."""
+    rest of the image (iEdit Sec. 4, "Evaluation metrics").  The map is Wang et al.'s [43] with
+    its Gaussian 11x11 window (the same as :func:`ssim`), mirror-padded so that every pixel has a
+    value, averaged over the RGB channels."""
     x, y = _pair(a, b)
     m = _mask(mask, x.shape)
-    from skimage.metrics import structural_similarity
-
-    _, smap = structural_similarity(x, y, channel_axis=-1, data_range=255, full=True)
-    smap = smap.mean(-1)
+    smap = ssim_map(x, y, border="reflect").mean(-1)
     inside = float(smap[m].mean()) if m.any() else float("nan")
     outside = float(smap[~m].mean()) if (~m).any() else float("nan")
     return inside, outside
@@ -121,14 +178,27 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def clip_similarity(features: ClipFeatures, images, texts) -> np.ndarray:
-    """Cosine similarity between each image and its text (CLIP-T of MagicBrush, iEdit's
-    CLIPScore before scaling, PIE-Bench's CLIP similarity)."""
+    """Cosine similarity between each image and its text (CLIP-T of MagicBrush; the cosine inside
+    both :func:`clip_score` and :func:`clipscore_hessel`)."""
     return _cos(features.images(images), features.texts(texts)).cpu().numpy()
 
 
 def clip_score(features: ClipFeatures, images, texts) -> np.ndarray:
-    """CLIPScore as reported in percent: 100 * max(cos(image, text), 0)."""
+    """PIE-Bench's "CLIP similarity" (torchmetrics' CLIPScore, which its evaluation code uses):
+    100 * max(cos(image, text), 0).  NOT Hessel et al.'s CLIPScore, which iEdit reports: see
+    :func:`clipscore_hessel` (2.5 times larger)."""
     return 100.0 * np.maximum(clip_similarity(features, images, texts), 0.0)
+
+
+#: Hessel et al. (2021)'s rescaling weight of CLIPScore
+HESSEL_W = 2.5
+
+
+def clipscore_hessel(features: ClipFeatures, images, texts, w: float = HESSEL_W) -> np.ndarray:
+    """CLIPScore of Hessel et al. (2021), the one iEdit cites [15]: w * max(cos(image, text), 0)
+    with w = 2.5, printed in percent (x100) as iEdit's Tables 1-2 print "CLIPScore (%)": their
+    62-67 % are cosines of about 0.25-0.27.  Equals 2.5 x :func:`clip_score`."""
+    return 100.0 * w * np.maximum(clip_similarity(features, images, texts), 0.0)
 
 
 def clip_region_similarity(features: ClipFeatures, images, texts, masks) -> np.ndarray:
@@ -194,21 +264,39 @@ def toy_lpips(features: ClipFeatures, a, b) -> float:
     return total
 
 
-def lpips(a, b, net: str = "alex", features: ClipFeatures | None = None) -> float:
-    """LPIPS: the standard network (``lpips`` package, AlexNet) when installed; with
-    ``features=toy-clip`` the toy recipe :func:`toy_lpips`."""
+_LPIPS_NETS: dict = {}
+
+
+def lpips(a, b, net: str = "squeeze", features: ClipFeatures | None = None, inputs: str = "pie-bench") -> float:
+    """LPIPS (Zhang et al. 2018) as PIE-Bench's evaluation code computes it: torchmetrics' LPIPS
+    with the SqueezeNet backbone (``net="squeeze"``; "alex" and "vgg" also exist), fed the images
+    on [0, 1] without ``normalize=True`` (``inputs="pie-bench"``: the benchmark's own convention,
+    kept so that numbers compare with its tables; ``inputs="standard"`` feeds [-1, 1] as LPIPS
+    expects).  Needs torchvision and its SqueezeNet weights.  With ``features=toy-clip`` it is the
+    toy recipe :func:`toy_lpips` (toy-LPIPS) instead."""
     if features is not None:
         return toy_lpips(features, a, b)
-    try:
-        import lpips as lpips_pkg
-    except ImportError as e:
-        raise RuntimeError("standard LPIPS needs the lpips package (pip install lpips, with torchvision); "
-                           "in the toy profile pass features=clip_features() for toy-LPIPS") from e
-    x, y = _pair(a, b)
-    net_ = lpips_pkg.LPIPS(net=net, verbose=False)
-    to = lambda z: torch.from_numpy(z).permute(2, 0, 1)[None].float() / 127.5 - 1  # noqa: E731
+    if net not in ("squeeze", "alex", "vgg"):
+        raise ValueError(f"LPIPS backbones are 'squeeze' (PIE-Bench's), 'alex' and 'vgg'; got {net!r}")
+    if inputs not in ("pie-bench", "standard"):
+        raise ValueError(f"inputs is 'pie-bench' ([0, 1], as the benchmark feeds them) or 'standard' ([-1, 1]); "
+                         f"got {inputs!r}")
+    x, y = (_to_unit_tensor(v).float() for v in _pair(a, b))
+    if inputs == "standard":
+        x, y = 2 * x - 1, 2 * y - 1
+    if net not in _LPIPS_NETS:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        try:
+            _LPIPS_NETS[net] = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=False).eval()
+        except ModuleNotFoundError as e:  # the backbone comes from torchvision
+            raise RuntimeError("standard LPIPS needs torchvision (pip install torchvision) for torchmetrics' "
+                               "LPIPS; in the toy profile pass features=clip_features() for toy-LPIPS") from e
+    metric = _LPIPS_NETS[net]
+    metric.reset()
     with torch.no_grad():
-        return float(net_(to(x), to(y)))
+        metric.update(x, y)
+        return float(metric.compute())
 
 
 def structure_distance(keys_fn, a, b) -> float:
@@ -255,6 +343,55 @@ def dino_keys(model, processor):
         return captured["k"][0].float()
 
     return keys
+
+
+#: ImageNet normalisation (DINO's training statistics)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _magicbrush_dino_pixels(image, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """MagicBrush's DINO transform: shorter side to 256 (bicubic), centre crop 224, ImageNet
+    normalisation (torchvision's Resize / CenterCrop arithmetic)."""
+    from PIL import Image
+
+    im = Image.fromarray(to_numpy(image))
+    w, h = im.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(resize * long / short)
+    im = im.resize((resize, new_long) if w <= h else (new_long, resize), Image.BICUBIC)
+    w, h = im.size
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    x = np.asarray(im.crop((left, top, left + crop, top + crop)), np.float32) / 255.0
+    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+
+@torch.no_grad()
+def dino_embeddings(model, images) -> torch.Tensor:
+    """Unit-norm DINO image embeddings as MagicBrush computes them: the [CLS] token of the last
+    layer after the final norm (what torch hub's ``dino_vits16`` returns; a transformers
+    ``ViTModel``'s ``last_hidden_state[:, 0]``), on :func:`_magicbrush_dino_pixels`."""
+    ims = images if isinstance(images, (list, tuple)) else [images]
+    px = torch.stack([_magicbrush_dino_pixels(im) for im in ims]).to(model.device, model.dtype)
+    return F.normalize(model(pixel_values=px).last_hidden_state[:, 0].float(), dim=-1)
+
+
+def dino_similarity(model, images_a, images_b) -> np.ndarray:
+    """MagicBrush's DINO score: cosine similarity of the DINO ViT-S/16 embeddings (registry
+    ``"dino-s16"``) of each output and its ground-truth target."""
+    return _cos(dino_embeddings(model, images_a), dino_embeddings(model, images_b)).cpu().numpy()
+
+
+@torch.no_grad()
+def toy_dino_similarity(features: ClipFeatures, images_a, images_b) -> np.ndarray:
+    """toy-DINO: the DINO score's recipe (cosine of the vision transformer's final-norm [CLS]
+    token, before any projection) on toy-clip's vision tower; not comparable to DINO figures."""
+    def cls(images):
+        ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
+        px = features.processor(images=ims, return_tensors="pt").pixel_values.to(features.device, features.model.dtype)
+        return F.normalize(features.model.vision_model(pixel_values=px).pooler_output.float(), dim=-1)
+
+    return _cos(cls(images_a), cls(images_b)).cpu().numpy()
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
@@ -349,14 +486,25 @@ def elo_leaderboard(votes, start: float = ELO_START, k: float = ELO_K) -> list[t
     return sorted(((n, r, games[n]) for n, r in ratings.items()), key=lambda x: -x[1])
 
 
-def magicbrush_metrics(features: ClipFeatures, output, target, caption: str, source=None, mask=None) -> dict:
+def magicbrush_metrics(features: ClipFeatures, output, target, caption: str, source=None, mask=None,
+                       dino=None) -> dict:
     """MagicBrush's metrics of one output against the ground-truth target image: L1 and L2 on
-    [0, 1] images, CLIP-I (output vs target image), CLIP-T (output vs the target's local caption);
-    with `source` and `mask` also the PSNR of the unedited region (background preservation).
-    With toy-clip features CLIP-I/CLIP-T are toy figures."""
+    [0, 1] images, CLIP-I (output vs target image) and CLIP-T (output vs the target's local
+    caption) with CLIP ViT-B/32 (``clip_features("clip-b32")``), DINO (output vs target) with
+    DINO ViT-S/16 (``dino=load("dino-s16")[0]``; in the toy profile toy-DINO on the toy-clip
+    features); with `source` and `mask` also the PSNR of the unedited region (background
+    preservation).  With toy-clip features CLIP-I/CLIP-T are toy figures."""
+    toy = features.name.startswith("toy-")
+    if not toy and features.name != "clip-b32":
+        raise ValueError(f"MagicBrush's CLIP-I and CLIP-T use CLIP ViT-B/32; got {features.name!r} features: "
+                         "pass clip_features('clip-b32')")
     out = {"L1": l1(output, target), "L2": l2(output, target),
            "CLIP-I": float(clip_image_similarity(features, [output], [target])[0]),
            "CLIP-T": float(clip_similarity(features, [output], [caption])[0])}
+    if dino is not None:
+        out["DINO"] = float(dino_similarity(dino, [output], [target])[0])
+    elif toy:
+        out["toy-DINO"] = float(toy_dino_similarity(features, [output], [target])[0])
     if source is not None and mask is not None:
         out["BG PSNR"] = min(psnr(source, output, mask, "background"), 100.0)
     return out

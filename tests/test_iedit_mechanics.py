@@ -105,3 +105,101 @@ def test_iedit_m_cuts_a_soft_mask_at_one_half(random_pipe):
     assert np.array_equal(r.masks["edit"], hard)
     latent_mask = r.found["trace"][0][2]
     assert (latent_mask == 0).any() and (latent_mask == 1).any()
+
+
+class _StubVAE:
+    """Latents are the images themselves (scaling 1): the objective's arithmetic in the open."""
+
+    class config:
+        scaling_factor = 1.0
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=z)
+
+
+class _StubUNet:
+    def __call__(self, z_t, t, encoder_hidden_states=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=0.5 * z_t)
+
+
+class _StubClip:
+    def __init__(self, per_item):
+        self.per_item = per_item
+
+    def distance(self, x, texts):
+        return self.per_item.to(x)
+
+
+def test_eq12_weights_each_item_by_its_own_noise_level():
+    """A hand-made batch of two: the objective equals mean_i[(1 - t_i/T) L_global,i + (t_i/T) L_noise,i]
+    with L_LDM (Eq. 1, the source's own noise), L_paired and L_mask as the noise term."""
+    from editnb.methods.iedit import losses
+
+    sched = arch.new_scheduler()
+    T = sched.config.num_train_timesteps
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.randn(2, 3, 8, 8, generator=g)
+    x2 = x1.clone()
+    x2[1] += 4.0  # the second item's pseudo-target is far away: a much larger paired error
+    m = torch.zeros(2, 1, 8, 8)
+    m[..., 2:6, 2:6] = 1
+    clip_d = torch.tensor([0.3, 0.9])
+    seed = 5
+    # what the objective draws with this seed, in its order
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, T, (2,), generator=gen)
+    eps1 = torch.randn(x1.shape, generator=gen)
+    assert abs(int(t[0]) - int(t[1])) > 100  # the two items sit at clearly different noise levels
+    z_t = losses.noisy_source(sched, x1, t, eps1)
+    eps2 = losses.target_noise(sched, z_t, x2, t)
+    pred = 0.5 * z_t
+    r = t.float() / T
+    per_item = lambda e: e.flatten(1).mean(1)  # noqa: E731
+    noise_of = {
+        ("global", "ldm"): per_item((pred - eps1) ** 2),
+        ("global",): per_item((pred - eps2) ** 2),
+        ("global", "mask"): per_item((eps2 * m - pred * m) ** 2) + per_item((eps1 * (1 - m) - pred * (1 - m)) ** 2),
+    }
+    for use, noise in noise_of.items():
+        terms = losses.objective(_StubUNet(), _StubVAE(), sched, _StubClip(clip_d), None, ["p", "p"], ["d", "d"],
+                                 x1, x2, m, m, generator=torch.Generator().manual_seed(seed), use=use)
+        expected = ((1 - r) * clip_d + r * noise).mean()
+        assert torch.allclose(terms.total, expected, atol=1e-6), use
+        batch_means = (1 - r).mean() * clip_d.mean() + r.mean() * noise.mean()  # the old, batch-mean weighting
+        assert not torch.allclose(terms.total, batch_means, atol=1e-4), use
+    ldm = losses.objective(_StubUNet(), _StubVAE(), sched, _StubClip(clip_d), None, ["p", "p"], ["d", "d"], x1, x2,
+                           m, m, generator=torch.Generator().manual_seed(seed), use="L_global + L_LDM + L_loc")
+    assert ldm.ldm > 0 and ldm.mask == 0
+
+
+def test_table2_rows_and_bad_loss_terms():
+    from editnb.methods.iedit import losses
+
+    assert losses.check_use("L_global + L_LDM + L_loc + L_perc") == ("global", "ldm", "loc", "perc")
+    assert losses.check_use("L_global + L_mask + L_loc + L_perc") == losses.DEFAULT_USE
+    with pytest.raises(ValueError, match="one of 'mask' or 'ldm'"):
+        losses.check_use(("mask", "ldm"))
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        losses.check_use(("global", "vgg"))
+    with pytest.raises(ValueError, match="unknown Table 2 row"):
+        losses.check_use("L_global")
+    with pytest.raises(ValueError, match="reduction"):
+        losses.loss_ldm(torch.zeros(1, 1), torch.zeros(1, 1), reduction="sum")
+
+
+def test_the_training_task_takes_a_table2_row_as_an_option():
+    from types import SimpleNamespace
+
+    from editnb.methods.iedit.task import IEditTask
+
+    with pytest.raises(ValueError, match="unknown Table 2 row"):  # checked before the set-up's minutes
+        IEditTask("cpu", SimpleNamespace(batch_size=1), 0, pairs=1, pool=1, use="L_global + L_LDM")

@@ -17,6 +17,19 @@ def test_relevant_tokens_drop_stop_words_verbs_and_punctuation(random_ip2p):
         lime.relevant_tokens(tok, "make it so again")
 
 
+def test_eq3_suppresses_only_the_start_token_stop_words_and_padding(random_ip2p):
+    """Sec. A.7.1: <start of text>, padding and stop words; the verb, the comma and the end-of-text
+    token are not edit content (the RoI ignores them) but Eq. 3 leaves their attention alone."""
+    tok = random_ip2p.tokenizer
+    # positions: <start> 0, make 1, the 2, circle 3, blue 4, "," 5, big 6, <end> 7, padding 8..
+    unrelated = lime.unrelated_tokens(tok, "make the circle blue, big")
+    assert unrelated == [0, 2] + list(range(8, tok.model_max_length))
+    reg = lime.LimeRegularizer(np.ones((16, 16), bool), tok, "make the circle blue, big", min_resolution=8)
+    assert reg.unrelated == unrelated and reg.related == [3, 4, 6]
+    kept = set(range(tok.model_max_length)) - set(unrelated)
+    assert kept == {1, 3, 4, 5, 6, 7}  # verb, content words, punctuation, end of text
+
+
 def test_regularisation_leaves_attention_outside_the_roi_bit_identical(random_ip2p):
     unet, tok = random_ip2p.unet, random_ip2p.tokenizer
     roi = np.zeros((16, 16), bool)
@@ -95,3 +108,64 @@ def test_localisation_stops_after_its_feature_steps(random_ip2p):
     assert set(loc.segments_by_resolution) == {8, 16}  # clustered on demand from the kept features
     again = lime.recluster(loc, n_clusters=3)
     assert np.array_equal(again.segments, loc.segments)
+
+
+def _unet_of(sample_size, levels):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(sample_size=sample_size, block_out_channels=(1,) * levels))
+
+
+def test_official_feature_and_roi_resolutions_are_read_from_the_unet():
+    sd = _unet_of(64, 4)  # SD 1.5: 64/32/16/8
+    assert lime._default_resolutions(sd) == [8, 16, 32]
+    assert lime._default_roi_resolutions(sd) == [32, 16, 8]  # no 64x64 layers in the RoI's attention
+    toy = _unet_of(16, 2)  # toy-ip2p: 16/8
+    assert lime._default_resolutions(toy) == [16, 8] and lime._default_roi_resolutions(toy) == [8]
+
+
+def test_localisation_concatenates_every_attention_output_per_layer(random_ip2p):
+    """toy-ip2p's layers: at 16x16 three transformer blocks (self + cross: 6 outputs of 64 channels),
+    at 8x8 four (8 outputs of 128): the official concatenation has 6*64 + 8*128 channels."""
+    e = world.edit_for("test", 2, "recolor")
+    kw = dict(n_clusters=3, steps=2, generator=torch.Generator().manual_seed(0))
+    loc = lime.localise(random_ip2p, e.source_image(), e.instruction, **kw)
+    assert loc.channels == {8: (0, 8 * 128), 16: (8 * 128, 8 * 128 + 6 * 64)}
+    merged = lime.localise(random_ip2p, e.source_image(), e.instruction, feature_merge="mean", **kw)
+    assert merged.channels == {8: (0, 128), 16: (128, 192)}
+    assert np.allclose(np.linalg.norm(loc.features, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="not levels of this UNet"):
+        lime.localise(random_ip2p, e.source_image(), e.instruction, roi_resolutions=[32], **kw)
+    with pytest.raises(ValueError, match="feature_merge"):
+        lime.localise(random_ip2p, e.source_image(), e.instruction, feature_merge="sum", **kw)
+
+
+def test_lime_in_p2p_regularises_the_target_branch_only(random_pipe):
+    from editnb.attention.controller import Site
+    from editnb.layout import BatchLayout
+    from editnb.methods.p2p import prompt_to_prompt
+
+    tok = random_pipe.tokenizer
+    roi = np.zeros((16, 16), bool)
+    roi[4:12, 4:12] = True
+    reg = lime.LimeRegularizer(roi, tok, "a blue circle", min_resolution=8, branch="target")
+    layout = BatchLayout(("uncond", "cond"), ("source", "target"))
+    heads, keys = 2, tok.model_max_length
+    bias = reg.logit_bias(Site("x", "up", "cross", 16, heads, 0, layout), 4 * heads, 256, keys, torch.float32, "cpu")
+    assert bias.shape == (4, 1, 256, keys)
+    assert (bias[[0, 2]] == 0).all()  # the source rows, unconditional and conditional
+    inside = torch.from_numpy(roi).flatten()
+    assert (bias[[1, 3]][:, 0][:, inside][..., reg.unrelated] == torch.finfo(torch.float32).min).all()
+    assert (bias[[1, 3]][:, 0][:, ~inside] == 0).all()
+    with pytest.raises(ValueError, match="batch layout of a dual-branch loop"):
+        reg.logit_bias(Site("x", "up", "cross", 16, heads, 0, None), 4 * heads, 256, keys, torch.float32, "cpu")
+
+    # end to end: the source branch is bit-identical to plain P2P's, the target is not
+    kw = dict(cross_replace=0.0, self_replace=0.0, steps=3)
+    plain = prompt_to_prompt(random_pipe, "a red circle", "a blue circle", generator=torch.Generator().manual_seed(0),
+                             **kw)
+    limed = lime.prompt_to_prompt(random_pipe, "a red circle", "a blue circle", roi, min_resolution=8,
+                                  generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(plain.latents[0], limed.latents[0])
+    assert not torch.allclose(plain.latents[1], limed.latents[1], atol=1e-4)
+    assert np.array_equal(limed.masks["roi"], roi)

@@ -140,3 +140,111 @@ def test_edit_encoder_metrics():
     txt = lambda t: torch.tensor([[1.0, 1.0]] * len(t))  # noqa: E731
     assert M.ec2ec(enc, [0], [0], [0], [0])[0] == pytest.approx(1.0)
     assert M.ec2t(enc, txt, [0], [0], ["x"])[0] == pytest.approx(2 ** -0.5)
+
+
+def _reference_ssim_map(a, b, mode):
+    """Wang et al.'s SSIM with a Gaussian window computed independently with scipy: sigma 1.5
+    truncated at radius 5 (an 11x11 window), population variances, data range 1."""
+    from scipy.ndimage import gaussian_filter
+
+    x, y = a / 255.0, b / 255.0
+
+    def blur(v):
+        return np.stack([gaussian_filter(v[..., c], 1.5, truncate=3.5, mode=mode) for c in range(3)], -1)
+
+    mx, my = blur(x), blur(y)
+    vx, vy = np.maximum(blur(x * x) - mx ** 2, 0), np.maximum(blur(y * y) - my ** 2, 0)
+    cxy = blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+
+
+def test_ssim_is_the_gaussian_window_ssim_of_a_reference_and_of_torchmetrics():
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+    full = _reference_ssim_map(a, b, mode="mirror")  # scipy's "mirror" is torch's "reflect" padding
+    assert np.allclose(M.ssim_map(a, b, border="reflect"), full, atol=1e-10)
+    assert M.ssim(a, b, border="reflect") == pytest.approx(full.mean(), abs=1e-10)
+    assert M.ssim(a, b) == pytest.approx(full[5:-5, 5:-5].mean(), abs=1e-10)  # "valid": the window fits
+    unit = lambda v: torch.from_numpy(v.transpose(2, 0, 1))[None].double() / 255  # noqa: E731
+    assert M.ssim(a, b, border="reflect") == pytest.approx(
+        float(structural_similarity_index_measure(unit(b), unit(a), data_range=1.0)), abs=1e-10)
+    # the old 7x7 uniform window gives another number: the setting matters
+    from skimage.metrics import structural_similarity
+
+    assert abs(structural_similarity(a, b, channel_axis=-1, data_range=255) - M.ssim(a, b)) > 1e-3
+    with pytest.raises(ValueError, match="border"):
+        M.ssim(a, b, border="same")
+    with pytest.raises(ValueError, match="smaller than the 11x11"):
+        M.ssim(a[:8, :8], b[:8, :8])
+
+
+def test_ssim_masked_averages_the_reference_map_inside_and_outside():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    b = a.copy()
+    b[8:20, 8:20] = 255 - b[8:20, 8:20]
+    mask = np.zeros((32, 32), bool)
+    mask[8:20, 8:20] = True
+    ref = _reference_ssim_map(a, b, mode="mirror").mean(-1)
+    assert M.ssim_masked(a, b, mask) == pytest.approx((ref[mask].mean(), ref[~mask].mean()), abs=1e-10)
+
+
+class _FixedClip:
+    """Features whose image/text embeddings are given: cosines known by construction."""
+
+    name = "clip-b32"
+
+    def __init__(self, image_vectors, text_vectors):
+        import torch
+
+        self._i, self._t = (torch.nn.functional.normalize(torch.tensor(v, dtype=torch.float32), dim=-1)
+                            for v in (image_vectors, text_vectors))
+
+    def images(self, images):
+        return self._i[: len(images)]
+
+    def texts(self, texts):
+        return self._t[: len(texts)]
+
+
+def test_clip_score_scales_pie_bench_vs_hessel():
+    # cosines 0.26 (a typical SD-sized CLIP score), 1.0 and -0.5 (clipped to 0 by both scores)
+    c = 0.26
+    f = _FixedClip([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], [[c, (1 - c * c) ** 0.5], [0.0, 1.0], [-0.5, 0.75 ** 0.5]])
+    assert M.clip_similarity(f, [0, 1, 2], ["a", "b", "c"]) == pytest.approx([0.26, 1.0, -0.5], abs=1e-6)
+    assert M.clip_score(f, [0, 1, 2], ["a", "b", "c"]) == pytest.approx([26.0, 100.0, 0.0], abs=1e-4)
+    # Hessel et al.: 2.5 * max(cos, 0), in percent as iEdit's Table 1 prints it (65 % for cos 0.26)
+    assert M.clipscore_hessel(f, [0, 1, 2], ["a", "b", "c"]) == pytest.approx([65.0, 250.0, 0.0], abs=1e-4)
+
+
+def test_magicbrush_metrics_use_clip_b32_and_a_dino_score(toy_features):
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    from editnb.toy import world
+
+    a = world.render(world.scene_for("test", 0))
+    b = world.render(world.scene_for("test", 1))
+    toy = M.magicbrush_metrics(toy_features, a, a, "a red circle")
+    assert toy["toy-DINO"] == pytest.approx(1.0, abs=1e-5) and toy["L1"] == 0
+    assert M.toy_dino_similarity(toy_features, [a], [b])[0] < 1 - 1e-4
+    wrong = _FixedClip([[1.0, 0.0]], [[1.0, 0.0]])
+    wrong.name = "clip"  # ViT-L/14 in sd15: not MagicBrush's CLIP
+    with pytest.raises(ValueError, match="ViT-B/32"):
+        M.magicbrush_metrics(wrong, a, b, "a red circle")
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=224, patch_size=16), add_pooling_layer=False).eval()
+    px = M._magicbrush_dino_pixels(np.zeros((60, 90, 3), np.uint8))  # shorter side 256, centre crop 224
+    assert px.shape == (3, 224, 224) and px[0, 0, 0].item() == pytest.approx(-0.485 / 0.229, abs=1e-5)
+    with torch.no_grad():
+        cls = vit(pixel_values=torch.stack([M._magicbrush_dino_pixels(a)])).last_hidden_state[0, 0]
+    assert torch.allclose(M.dino_embeddings(vit, [a])[0], cls / cls.norm(), atol=1e-6)
+    assert M.dino_similarity(vit, [a, a], [a, b]) == pytest.approx([1.0, float(M.dino_similarity(vit, [a], [b])[0])])
+    same = M.magicbrush_metrics(_FixedClip([[1.0, 0.0]] * 2, [[1.0, 0.0]]), a, a, "x", dino=vit)
+    assert same["DINO"] == pytest.approx(1.0)

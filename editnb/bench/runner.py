@@ -83,7 +83,7 @@ def item_metrics(ctx: Context, item: BenchItem, edited) -> dict:
         "ssim": M.ssim(src, out, item.mask, "background"),
         "clip_whole": float(M.clip_similarity(feats, [out], [item.target_prompt])[0]),
         "clip_edited": float(M.clip_region_similarity(feats, [out], [item.target_prompt], [item.mask])[0]),
-        "feature_net": "toy-clip (toy-structure, toy-LPIPS)" if toy else "DINO ViT-B/8, LPIPS-Alex, CLIP ViT-L/14",
+        "feature_net": "toy-clip (toy-structure, toy-LPIPS)" if toy else "DINO ViT-B/8, LPIPS-Squeeze, CLIP ViT-L/14",
     }
 
 

@@ -2,22 +2,29 @@
 
 LIME makes an instruction editor (InstructPix2Pix) edit only where it should, without training:
 
-1. **Edit localisation** (Sec. 4.1). Run the editor once, collect the intermediate features of
-   its UNet for the image-conditioned branch at several resolutions, upsample them to one size,
-   concatenate, L2-normalise and cluster them (KMeans, 8 clusters by default; agglomerative
-   clustering with a cosine distance threshold as the alternative of Sec. A.7.2): a segmentation.
-   The **RoI** is the cluster that holds the highest cross-attention of the instruction's relevant
-   tokens (start token, padding, stop words, punctuation and instruction verbs dropped).
+1. **Edit localisation** (Sec. 4.1). Run the editor once, collect the outputs of its UNet's
+   attention modules (self- and cross-attention) for the image-conditioned branch at several
+   resolutions, upsample each layer's output to one size, concatenate them along channels,
+   L2-normalise and cluster them (KMeans, 8 clusters by default; agglomerative clustering with a
+   cosine distance threshold as the alternative of Sec. A.7.2): a segmentation.  The **RoI** is
+   the cluster that holds the highest cross-attention of the instruction's relevant tokens (start
+   token, padding, stop words, punctuation and instruction verbs dropped), the cross-attention
+   averaged over heads and over the layers of every resolution but the finest.
 2. **Edit application** (Sec. 4.2, Eq. 3). Edit again; in the cross-attention layers of the
-   higher resolutions, for pixels inside the RoI, the logits of the unrelated tokens get the most
-   negative float added (-inf in the paper), in all three guidance branches.  Outside the RoI the
-   attention is untouched.  The ablation of Sec. A.7.1 (Eq. 4) rewards the related tokens
-   instead (+inf: inside the RoI, attention becomes uniform over them).
+   higher resolutions, for pixels inside the RoI, the logits of the unrelated tokens (Sec. A.7.1:
+   the start token, padding and stop words; NOT the verbs or punctuation the localisation drops)
+   get the most negative float added (-inf in the paper), in all three guidance branches.
+   Outside the RoI the attention is untouched.  The ablation of Sec. A.7.1 (Eq. 4) rewards the
+   related tokens instead (+inf: inside the RoI, attention becomes uniform over them).
+3. **Other editors** (Sec. A.1): :func:`prompt_to_prompt` runs the edit application inside
+   Prompt-to-Prompt, on the target branch only.
 
 Defaults are the official code's: localisation pass s_T = 5.5, s_I = 1.5; edit pass s_T = 2,
 s_I = 1.5; features of the 8x8, 16x16 and 32x32 layers of SD's 64x64 latents (a small model
-without those levels uses all of its levels); regularisation in the cross-attention layers of the
-upper half of the UNet's levels (32x32 and 64x64 in SD; 16x16 in toy-ip2p).
+without those levels uses all of its levels); RoI attention without the 64x64 layers;
+regularisation in the cross-attention layers of the upper half of the UNet's levels (32x32 and
+64x64 in SD; 16x16 in toy-ip2p).  Where we depart from it, an option names the departure:
+``feature_merge="mean"`` (less memory), ``roi_resolutions`` (which layers' attention picks the RoI).
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import torch.nn.functional as F
 
 from .. import diffusion
 from ..attention import AttentionStore, Controller, attach
-from ..attention.controller import BIAS, IP2P, NOTHING, OUTPUT, PROBS, layout_of
+from ..attention.controller import BIAS, IP2P, NOTHING, OUTPUT, PROBS, Chain, Site, layout_of
 from ..attention.words import word_tokens
 from ..clustering import kmeans
 from ..runtime import check_n_clusters
@@ -46,15 +53,17 @@ just again back""".split())
 # over a 5-step schedule localise almost as well as over the 20-step edit schedule (toy-ip2p, 50
 # held-out recolour edits: mean RoI IoU 0.56 vs 0.58; 3 steps: 0.54), while the first 3, 5 or 10
 # steps of the 20-step schedule alone give 0.41, 0.39, 0.45: the features need the late, low-noise
-# steps, not many of them.  This keeps LIME near 1.25x the edit pass plus KMeans.
+# steps, not many of them.  This keeps LIME near 1.25x the edit pass plus KMeans.  (Measured with the
+# earlier features: self-attention outputs averaged per resolution, RoI from every cross-attention level.)
 LOCALISATION_STEPS = 5
 INSTRUCTION_VERBS = frozenset("""make turn change add remove put paint replace move let have give place set
 convert transform swap delete erase insert color colour recolor recolour draw show become get take keep""".split())
 
 
 def relevant_tokens(tokenizer, instruction: str) -> tuple[list[int], list[str]]:
-    """Token positions (and words) of the instruction that LIME keeps: everything but the start
-    token, padding, stop words, punctuation and instruction verbs."""
+    """Token positions (and words) of the instruction that LIME localises with and that Eq. 4
+    rewards (S-tilde): everything but the start token, padding, stop words, punctuation and
+    instruction verbs."""
     keep, words = [], []
     for word, positions in word_tokens(tokenizer, instruction):
         if word in STOP_WORDS or word in INSTRUCTION_VERBS or not re.search(r"[a-z0-9]", word):
@@ -65,6 +74,17 @@ def relevant_tokens(tokenizer, instruction: str) -> tuple[list[int], list[str]]:
         raise ValueError(f"the instruction {instruction!r} has no content words (only stop words, verbs or "
                          "punctuation); say what to edit, e.g. 'make the circle blue'")
     return keep, words
+
+
+def unrelated_tokens(tokenizer, instruction: str) -> list[int]:
+    """Token positions Eq. 3 suppresses inside the RoI: the start token, the stop words and the
+    padding after the end-of-text token (Sec. A.7.1: "unrelated tokens, such as <start of text>,
+    padding, and stop words"; the official code's set).  Verbs, punctuation and the end-of-text
+    token itself keep their attention: they are not edit content, but not unrelated either."""
+    words = word_tokens(tokenizer, instruction)
+    end_of_text = (words[-1][1][-1] if words else 0) + 1
+    stop = [p for w, positions in words if w in STOP_WORDS for p in positions]
+    return [0] + stop + list(range(end_of_text + 1, tokenizer.model_max_length))
 
 
 @dataclass
@@ -100,27 +120,34 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 class _FeatureCollector(AttentionStore):
-    """Records cross-attention (text branch) and self-attention OUTPUTS (image branch) during the
-    first `steps` denoising steps; asks for nothing else."""
+    """During the first `steps` denoising steps, records the OUTPUTS of the attention modules
+    (self and cross) of the image-conditioned branch at the feature resolutions, per layer, and the
+    cross-attention probabilities of the text-conditioned branch at the RoI resolutions; asks for
+    nothing else."""
 
     guess = IP2P  # without a published layout: InstructPix2Pix's [text+image, image only, none]
 
-    def __init__(self, resolutions, steps: int):
-        super().__init__(kinds=("cross",), device=None)  # maps stay on the device until aggregated
-        self.resolutions, self.feature_steps = set(resolutions), steps
-        self.features: dict[int, list[torch.Tensor]] = {}
+    def __init__(self, resolutions, roi_resolutions, steps: int):
+        super().__init__(kinds=("cross",), device=None, where=lambda site: site.resolution in self.roi_resolutions)
+        self.resolutions, self.roi_resolutions, self.feature_steps = set(resolutions), set(roi_resolutions), steps
+        self.features: dict[str, list[torch.Tensor]] = {}  # layer -> one (queries, C) output per step
+        self.feature_sites: dict[str, Site] = {}
 
     def wants(self, site):
         if site.step >= self.feature_steps:
             return NOTHING
-        if site.kind == "cross":
-            return _PROBS
-        return _OUTPUT if site.resolution in self.resolutions else NOTHING
+        needs = NOTHING
+        if site.resolution in self.resolutions:
+            needs = needs | _OUTPUT
+        if site.kind == "cross" and site.resolution in self.roi_resolutions:
+            needs = needs | _PROBS
+        return needs
 
     def observe_output(self, out, site):
-        if site.kind == "self" and site.resolution in self.resolutions:
+        if site.resolution in self.resolutions:
             image = layout_of(site, out.shape[0], IP2P).rows(guidance="image")
-            self.features.setdefault(site.resolution, []).append(out[image].mean(0).detach().float())
+            self.features.setdefault(site.layer, []).append(out[image].mean(0).detach().float())
+            self.feature_sites[site.layer] = site
 
 
 _PROBS, _BIAS, _OUTPUT = frozenset({PROBS}), frozenset({BIAS}), frozenset({OUTPUT})
@@ -130,11 +157,24 @@ class _Stop(Exception):
     """Ends the localisation pass once the steps its features use are done."""
 
 
-def _default_resolutions(unet) -> list[int]:
+def _levels(unet) -> list[int]:
     latent = int(unet.config.sample_size)
-    levels = [latent // 2 ** k for k in range(len(unet.config.block_out_channels))]
+    return [latent // 2 ** k for k in range(len(unet.config.block_out_channels))]
+
+
+def _default_resolutions(unet) -> list[int]:
+    """The official 8x8, 16x16 and 32x32 of SD's 64x64 latents (latent / 8, / 4, / 2); a model with
+    fewer than two of those levels uses all of its levels."""
+    latent, levels = int(unet.config.sample_size), _levels(unet)
     official = [r for r in (latent // 8, latent // 4, latent // 2) if r in levels]
     return official if len(official) >= 2 else levels
+
+
+def _default_roi_resolutions(unet) -> list[int]:
+    """The RoI's cross-attention: every level but the finest (the latent resolution: SD's 64x64
+    layers are left out, as in the official code); a one-level model keeps its level."""
+    levels = _levels(unet)
+    return [r for r in levels if r != int(unet.config.sample_size)] or levels
 
 
 def cluster(features, n_clusters: int = 8, method: str = "kmeans", distance_threshold: float = 0.5,
@@ -164,20 +204,42 @@ def cluster(features, n_clusters: int = 8, method: str = "kmeans", distance_thre
 def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str = "kmeans",
              distance_threshold: float = 0.5, resolutions=None, size: int | None = None, steps: int = 20,
              text_guidance: float = 5.5, image_guidance: float = 1.5, generator=None, top_clusters: int = 1,
-             seed: int = 0, feature_steps: int | None = None) -> Localisation:
+             seed: int = 0, feature_steps: int | None = None, roi_resolutions=None,
+             feature_merge: str = "concat") -> Localisation:
     """LIME's edit localisation (Sec. 4.1): segmentation by clustering multi-resolution features,
     RoI = the cluster(s) holding the highest attention of the relevant tokens.
 
-    Features and cross-attention are averaged over the steps of a `steps`-step schedule, or over
-    its first `feature_steps` only, where the pass then stops (as the official code records in an
+    Features: the outputs of every self- and cross-attention module at `resolutions` (default: the
+    official 8/16/32 of SD, see :func:`_default_resolutions`) for the image-conditioned branch,
+    averaged over the recorded steps, each layer upsampled (bilinear) to `size` (2x the latent
+    side: 128 for SD) and concatenated along channels (``feature_merge="concat"``, the official
+    code).  ``feature_merge="mean"`` averages the layers of a resolution first: the same channels
+    as one layer per resolution, 3200 instead of 21760 for SD, for machines where the official
+    (S*S, 21760) feature matrix (1.4 GB at S = 128) does not fit.
+
+    The RoI's attention: cross-attention of the text-conditioned branch averaged over heads, steps
+    and the layers at `roi_resolutions` (default: all but the finest, see
+    :func:`_default_roi_resolutions`), upsampled to `size`.
+
+    Features and attention are averaged over the steps of a `steps`-step schedule, or over its
+    first `feature_steps` only, where the pass then stops (as the official code records in an
     early step range; ``first_pass``, the finished image, is then None)."""
+    if feature_merge not in ("concat", "mean"):
+        raise ValueError(f"feature_merge is 'concat' (every layer its own channels, the official code) or "
+                         f"'mean' (layers of a resolution averaged, less memory), got {feature_merge!r}")
     tokens, words = relevant_tokens(pipe.tokenizer, instruction)
+    levels = _levels(pipe.unet)
     resolutions = sorted(resolutions or _default_resolutions(pipe.unet))
+    roi_resolutions = sorted(roi_resolutions or _default_roi_resolutions(pipe.unet))
+    for name, chosen in (("resolutions", resolutions), ("roi_resolutions", roi_resolutions)):
+        missing = [r for r in chosen if r not in levels]
+        if missing:
+            raise ValueError(f"{name} {missing} are not levels of this UNet; it has {levels}")
     size = size or 2 * int(pipe.unet.config.sample_size)  # 128 for SD's 64x64 latents, as the official code
     feature_steps = steps if feature_steps is None else min(steps, feature_steps)
     if feature_steps < 1:
         raise ValueError(f"feature_steps is a number of denoising steps >= 1, got {feature_steps}")
-    collector = _FeatureCollector(resolutions, feature_steps)
+    collector = _FeatureCollector(resolutions, roi_resolutions, feature_steps)
 
     def stop(i, t, latents):
         if i + 1 >= feature_steps < steps:
@@ -191,29 +253,38 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
                                                on_step=stop).image
         except _Stop:
             pass
-    per_res = []
+
+    def upsampled(f: torch.Tensor, r: int) -> torch.Tensor:  # (r*r, C) -> (C, size, size)
+        return F.interpolate(f.T.reshape(1, -1, r, r), size=(size, size), mode="bilinear", align_corners=False)[0]
+
+    per_res: dict[int, list[torch.Tensor]] = {}
+    for layer, site in collector.feature_sites.items():  # UNet order
+        steps_mean = torch.stack(collector.features[layer]).mean(0)  # (r*r, C), mean over the recorded steps
+        per_res.setdefault(site.resolution, []).append(steps_mean)
+    blocks = []
     for r in resolutions:
-        if r not in collector.features:
-            raise ValueError(f"the UNet has no self-attention at {r}x{r}; it has {sorted(collector.features)}")
-        f = torch.stack(collector.features[r]).mean(0)  # mean over layers and steps: (r*r, C)
-        f = f.T.reshape(1, -1, r, r)
-        per_res.append(F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)[0])
-    feats = F.normalize(torch.cat(per_res, 0), dim=0)  # L2 over the concatenated channels
+        if r not in per_res:
+            raise ValueError(f"the UNet has no attention layers at {r}x{r}; it has {sorted(per_res)}")
+        layers = per_res[r] if feature_merge == "concat" else [torch.stack(per_res[r]).mean(0)]
+        blocks.append(torch.cat([upsampled(f, r) for f in layers], 0))
+    feats = F.normalize(torch.cat(blocks, 0), dim=0)  # L2 over the concatenated channels
     flat = feats.reshape(feats.shape[0], -1).T
     how = dict(n_clusters=n_clusters, method=clustering, distance_threshold=distance_threshold, seed=seed)
     segments = cluster(flat, **how).reshape(size, size)
     flat = flat.cpu().numpy()
-    bounds = np.cumsum([0] + [f.shape[0] for f in per_res])
+    bounds = np.cumsum([0] + [b.shape[0] for b in blocks])
     channels = {r: (int(a), int(b)) for r, a, b in zip(resolutions, bounds[:-1], bounds[1:])}
 
-    token_maps, total = {}, None
-    for res in sorted({s.resolution for s in collector.sites.values()}):
+    total, n_layers = None, 0
+    for res in roi_resolutions:  # the mean over layers: each resolution weighted by its layer count
+        n = len(collector.layers("cross", res))
         agg = collector.aggregate("cross", resolution=res)[0].float().cpu()  # (res, res, keys), text branch
         up = F.interpolate(agg.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-        total = up if total is None else total + up
-    for w, pos in word_tokens(pipe.tokenizer, instruction):
-        if w in words:
-            token_maps[w] = _unit(total[pos].mean(0).numpy())
+        total = n * up if total is None else total + n * up
+        n_layers += n
+    total = total / n_layers
+    token_maps = {w: _unit(total[pos].mean(0).numpy()) for w, pos in word_tokens(pipe.tokenizer, instruction)
+                  if w in words}
     attention = _unit(total[tokens].mean(0).numpy())
     roi, chosen = _choose_roi(segments, attention, top_clusters)
     return Localisation(segments, attention, token_maps, roi, chosen, words, first, flat, channels, how)
@@ -251,10 +322,15 @@ class LimeRegularizer(Controller):
 
     ``roi`` is a boolean mask of any square size; it is resized (area average > 0.5) to each
     layer's resolution.  Applies to cross-attention layers with resolution >= `min_resolution`
-    during steps [start, end)."""
+    during steps [start, end) of `step_range` (None: every step, the official edit pass).
+    Eq. 3 suppresses :func:`unrelated_tokens` (start token, stop words, padding); Eq. 4 rewards
+    :func:`relevant_tokens`.  ``branch`` (e.g. "target") restricts it to the rows of one edit
+    branch of the published batch layout, in every guidance branch: LIME inside a dual-branch
+    editor such as Prompt-to-Prompt (Sec. A.1), whose source branch must stay untouched; None
+    regularises every row (InstructPix2Pix's three guidance branches)."""
 
     def __init__(self, roi: np.ndarray, tokenizer, instruction: str, mode: str = "unrelated",
-                 min_resolution: int = 32, step_range: tuple[int, int] | None = None):
+                 min_resolution: int = 32, step_range: tuple[int, int] | None = None, branch: str | None = None):
         super().__init__()
         if mode not in ("unrelated", "related"):
             raise ValueError(f"mode must be 'unrelated' (the paper's choice) or 'related' (Eq. 4), got {mode!r}")
@@ -265,9 +341,8 @@ class LimeRegularizer(Controller):
             raise ValueError("the RoI is empty: nothing would be edited")
         self.roi = torch.from_numpy(roi).float()[None, None]
         self.related, _ = relevant_tokens(tokenizer, instruction)
-        L = tokenizer.model_max_length
-        self.unrelated = [t for t in range(L) if t not in self.related]
-        self.mode, self.min_resolution, self.step_range = mode, min_resolution, step_range
+        self.unrelated = unrelated_tokens(tokenizer, instruction)
+        self.mode, self.min_resolution, self.step_range, self.branch = mode, min_resolution, step_range, branch
         self._cache: dict[int, torch.Tensor] = {}
 
     def active(self, site) -> bool:
@@ -291,6 +366,15 @@ class LimeRegularizer(Controller):
             self._cache[resolution] = (r[0, 0] > 0.5).flatten()
         return self._cache[resolution]
 
+    def branch_rows(self, site, batch: int) -> list[int]:
+        """The batch rows of `branch` (every guidance branch) in the layout the loop published."""
+        layout = site.layout
+        if layout is None or layout.size != batch:
+            raise ValueError(f"LIME on the {self.branch!r} branch needs the batch layout of a dual-branch loop "
+                             "(editnb.editing.dual_branch publishes ('source', 'target')); none fits this batch "
+                             f"of {batch}")
+        return layout.rows(branch=self.branch)
+
     def logit_bias(self, site, batch_heads, queries, keys, dtype, device):
         if self.mode != "unrelated" or not self.active(site):
             return None
@@ -299,7 +383,12 @@ class LimeRegularizer(Controller):
         cols = torch.tensor([t for t in self.unrelated if t < keys], device=device)
         # the most negative float rather than -inf: identical after the softmax, no NaN risk
         bias[inside.nonzero()[:, 0][:, None], cols[None]] = torch.finfo(dtype).min
-        return bias[None]
+        if self.branch is None:
+            return bias[None]
+        batch = batch_heads // site.heads
+        per_row = torch.zeros(batch, 1, queries, keys, dtype=dtype, device=device)  # (batch, heads=1, q, k)
+        per_row[self.branch_rows(site, batch), 0] = bias
+        return per_row
 
     def forward(self, probs, site):
         if self.mode != "related" or not self.active(site):
@@ -307,9 +396,12 @@ class LimeRegularizer(Controller):
         inside = self.roi_at(site.resolution).to(probs.device)
         uniform = torch.zeros(probs.shape[-1], dtype=probs.dtype, device=probs.device)
         uniform[[t for t in self.related if t < probs.shape[-1]]] = 1.0 / len(self.related)
-        probs = probs.clone()
-        probs[:, inside] = uniform  # the limit of +inf on the related tokens (Eq. 4)
-        return probs
+        p = probs.clone().reshape(-1, site.heads, *probs.shape[1:])  # (batch, heads, q, k)
+        rows = slice(None) if self.branch is None else self.branch_rows(site, p.shape[0])
+        edited = p[rows]
+        edited[:, :, inside] = uniform  # the limit of +inf on the related tokens (Eq. 4)
+        p[rows] = edited
+        return p.reshape(probs.shape)
 
 
 def regularised_resolution(unet) -> int:
@@ -336,10 +428,12 @@ def edit(pipe, image, instruction: str, mask=None, localisation: Localisation | 
          n_clusters: int = 8, clustering: str = "kmeans", distance_threshold: float = 0.5, mode: str = "unrelated",
          text_guidance: float = 2.0, image_guidance: float = 1.5, steps: int = 20, step_range=None,
          min_resolution: int | None = None, generator=None, seed: int = 0,
-         localisation_steps: int = LOCALISATION_STEPS) -> diffusion.Result:
+         localisation_steps: int = LOCALISATION_STEPS, localisation_options: dict | None = None) -> diffusion.Result:
     """LIME: localise (or take a user `mask`, the "GT mask" rows of Table 4), then edit with the
     attention regularised inside the RoI.  The localisation pass runs a `localisation_steps`-step
-    schedule (see LOCALISATION_STEPS), the edit `steps`.  Returns a Result: ``image``,
+    schedule (see LOCALISATION_STEPS; `localisation_options` go to :func:`localise`, e.g.
+    ``feature_merge``, ``roi_resolutions``, ``feature_steps``), the edit `steps`, regularised at
+    every step (``step_range=None``) or only in steps [start, end).  Returns a Result: ``image``,
     ``masks["roi"]`` (the RoI the regularisation used, at its own size) and
     ``found["localisation"]`` (the Localisation, or None with a user mask)."""
     diffusion.check_generator(generator)
@@ -350,7 +444,7 @@ def edit(pipe, image, instruction: str, mask=None, localisation: Localisation | 
         loc = localisation or localise(pipe, image, instruction, n_clusters=n_clusters, clustering=clustering,
                                        distance_threshold=distance_threshold, steps=localisation_steps,
                                        generator=torch.Generator(generator.device).manual_seed(seed)
-                                       if generator is not None else None, seed=seed)
+                                       if generator is not None else None, seed=seed, **(localisation_options or {}))
         roi = loc.roi
     reg = LimeRegularizer(roi, pipe.tokenizer, instruction, mode=mode,
                           min_resolution=min_resolution or regularised_resolution(pipe.unet), step_range=step_range)
@@ -359,6 +453,47 @@ def edit(pipe, image, instruction: str, mask=None, localisation: Localisation | 
                                          image_guidance=image_guidance, steps=steps, generator=generator)
     return diffusion.Result(out.images, out.latents, masks={"roi": np.asarray(roi, bool)},
                             found={"localisation": loc})
+
+
+def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, roi, mode: str = "replace",
+                     cross_replace: float = 0.8, self_replace: float = 0.4, equalizer: dict | None = None,
+                     blend_words=None, guidance: float = 7.5, steps: int = 50, generator=None, image=None,
+                     inversion: str = "direct", scheduler: str = "ddim", lime_mode: str = "unrelated",
+                     min_resolution: int | None = None, step_range=None) -> diffusion.Result:
+    """LIME's edit application inside Prompt-to-Prompt (Sec. A.1, Fig. 8): P2P's controller as in
+    :func:`editnb.methods.p2p.prompt_to_prompt` (same arguments), plus :class:`LimeRegularizer` on
+    the TARGET branch only, inside `roi` (a square boolean mask; LIME's localisation needs an
+    instruction editor, so the RoI is given: a user mask, or a :func:`localise` RoI found with
+    InstructPix2Pix).  The unrelated tokens are those of the target prompt.
+
+    The two compose as the official code stacks them: LIME biases the logits, then P2P edits the
+    probabilities.  So while P2P injects the source's cross-attention into the target (the first
+    ``cross_replace`` of the steps; every token in a word swap, the shared words in a refinement),
+    the injected maps are the source's, unregularised; LIME shapes the target's own maps after
+    that window and the new words' maps throughout.  The source branch is never touched.
+    Returns P2P's Result (images [source, target]) with ``masks["roi"]``."""
+    from .. import editing
+    from ..attention.p2p import PromptToPrompt
+    from ..runtime import check_blend_words, check_prompts, check_steps
+    from .p2p import local_blend_hook
+
+    diffusion.check_generator(generator)
+    check_prompts([source_prompt, target_prompt], words=True, what="P2P prompt")
+    blend_words, steps = check_blend_words(blend_words), check_steps(steps)
+    roi = np.asarray(roi, bool)
+    p2p = PromptToPrompt(pipe.tokenizer, [source_prompt, target_prompt], steps, mode=mode,
+                         cross_replace=cross_replace, self_replace=self_replace, equalizer=equalizer,
+                         blend_words=blend_words).configure(pipe.unet)
+    reg = LimeRegularizer(roi, pipe.tokenizer, target_prompt, mode=lime_mode,
+                          min_resolution=min_resolution or regularised_resolution(pipe.unet), step_range=step_range,
+                          branch="target")
+    out = editing.dual_branch(pipe, source_prompt, target_prompt, image=image, inversion=inversion,
+                              scheduler=scheduler, guidance=guidance, steps=steps, generator=generator,
+                              controller=Chain(reg, p2p),
+                              blend=local_blend_hook(p2p) if p2p.blend is not None else None)
+    out.masks["roi"] = roi
+    out.found["p2p"], out.found["lime"] = p2p, reg
+    return out
 
 
 def _register():

@@ -12,13 +12,14 @@ No public code exists; the paper is the spec and every function cites its equati
 from .data import (TOY_LEXICON, EditPrompt, PairedSet, build_paired_set, pseudo_target_accuracy,
                    retrieve_pseudo_targets, toy_edit_prompt, toy_paired_set, wordnet_edit_prompt)
 from .inference import edit
-from .losses import (LossTerms, loss_global, loss_loc, loss_mask, loss_paired, loss_perc, noisy_source, objective,
-                     predict_z0, target_noise, time_weights, trainable_groups)
+from .losses import (DEFAULT_USE, TABLE2_ROWS, LossTerms, check_use, loss_global, loss_ldm, loss_loc, loss_mask,
+                     loss_paired, loss_perc, noisy_source, objective, predict_z0, target_noise, time_weights,
+                     trainable_groups)
 from .masks import clipseg_masks, difference_prompts, mask_for_item
 from .toy_eval import TOY_EDIT_KINDS, compare_on_toy, toy_edits, toy_methods
 
 __all__ = ["TOY_LEXICON", "EditPrompt", "PairedSet", "build_paired_set", "pseudo_target_accuracy",
            "retrieve_pseudo_targets", "toy_edit_prompt", "toy_paired_set", "wordnet_edit_prompt", "edit", "LossTerms",
-           "loss_global", "loss_loc", "loss_mask", "loss_paired", "loss_perc", "noisy_source", "objective",
+           "DEFAULT_USE", "TABLE2_ROWS", "check_use", "loss_ldm", "loss_global", "loss_loc", "loss_mask", "loss_paired", "loss_perc", "noisy_source", "objective",
            "predict_z0", "target_noise", "time_weights", "trainable_groups", "clipseg_masks", "difference_prompts",
            "mask_for_item", "TOY_EDIT_KINDS", "compare_on_toy", "toy_edits", "toy_methods"]

@@ -1,7 +1,11 @@
 """iEdit's training objective (Sec. 3.3-3.4): L_paired (Eq. 2-4), L_global with x-hat from Eq. 6-7,
 the (1 - t/T) and t/T weights, L_mask (Eq. 8-9), L_perc (Eq. 10), L_loc (Eq. 11), the full
-objective (Eq. 12).  ``clip`` is an :class:`editnb.features.ClipFeatures`, whose ``distance`` and
-``pixel_hidden_states`` are differentiable in the image."""
+objective (Eq. 12), and L_LDM (Eq. 1, the source's own noise) for the ablation rows of Table 2.
+``clip`` is an :class:`editnb.features.ClipFeatures`, whose ``distance`` and
+``pixel_hidden_states`` are differentiable in the image.
+
+The noise losses take ``reduction="none"`` for one value per batch item: Eq. 12 weights every
+item by ITS OWN t (each item of a batch draws its own noise level)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,16 +40,32 @@ def predict_z0(scheduler, z_t, eps_pred, t):
     return (z_t - (1 - a).sqrt() * eps_pred) / a.sqrt()
 
 
-def loss_paired(eps_pred, eps2):
+def _reduce(err: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Mean of a per-element error over everything ("mean") or per batch item ("none")."""
+    if reduction == "mean":
+        return err.mean()
+    if reduction == "none":
+        return err.flatten(1).mean(1)
+    raise ValueError(f"reduction must be 'mean' (one number) or 'none' (one per batch item), got {reduction!r}")
+
+
+def loss_ldm(eps_pred, eps1, reduction: str = "mean"):
+    """Eq. 1 on the noisy source: || eps_1 - eps_theta(z_t, t, tau(y_2)) ||^2, the plain LDM loss
+    (predict the noise actually added to the source).  Table 2's "L_LDM" rows use it in place of
+    L_mask: the model learns to reconstruct the source, the CLIP losses pull it to the prompt."""
+    return _reduce((eps_pred - eps1) ** 2, reduction)
+
+
+def loss_paired(eps_pred, eps2, reduction: str = "mean"):
     """Eq. 4: || eps_2 - eps_theta(z_t, t, tau(y_2)) ||^2."""
-    return F.mse_loss(eps_pred, eps2)
+    return _reduce((eps_pred - eps2) ** 2, reduction)
 
 
-def loss_mask(eps_pred, eps1, eps2, m1, m2):
+def loss_mask(eps_pred, eps1, eps2, m1, m2, reduction: str = "mean"):
     """Eq. 8-9: the target noise on the target mask M_2, the source noise outside the source mask
     (1 - M_1).  Masks are (B, 1, h, w) at the latent resolution, 1 on the edited region."""
-    fg = ((eps2 * m2 - eps_pred * m2) ** 2).mean()
-    bg = ((eps1 * (1 - m1) - eps_pred * (1 - m1)) ** 2).mean()
+    fg = _reduce((eps2 * m2 - eps_pred * m2) ** 2, reduction)
+    bg = _reduce((eps1 * (1 - m1) - eps_pred * (1 - m1)) ** 2, reduction)
     return fg + bg
 
 
@@ -82,16 +102,49 @@ class LossTerms:
     global_: torch.Tensor
     loc: torch.Tensor
     perc: torch.Tensor
+    ldm: torch.Tensor | None = None
+
+
+#: the terms :func:`objective` knows; "mask", "ldm" or neither (then L_paired) is the noise term
+TERMS = ("mask", "ldm", "global", "loc", "perc")
+#: the full objective of Eq. 12
+DEFAULT_USE = ("mask", "global", "loc", "perc")
+#: the loss rows of Table 2 as ``use`` tuples (row 1 was trained on another data set,
+#: LAION-caption-200K; here every row trains on the same paired set)
+TABLE2_ROWS = {
+    "L_global + L_pairs": ("global",),
+    "L_global + L_LDM + L_loc": ("global", "ldm", "loc"),
+    "L_global + L_LDM + L_loc + L_perc": ("global", "ldm", "loc", "perc"),
+    "L_global + L_mask + L_loc + L_perc": DEFAULT_USE,
+}
+
+
+def check_use(use) -> tuple[str, ...]:
+    """The loss terms of `use` (a tuple of :data:`TERMS` or a :data:`TABLE2_ROWS` name)."""
+    if isinstance(use, str):
+        if use not in TABLE2_ROWS:
+            raise ValueError(f"unknown Table 2 row {use!r}; the rows are {list(TABLE2_ROWS)}")
+        return TABLE2_ROWS[use]
+    use = tuple(use)
+    unknown = [u for u in use if u not in TERMS]
+    if unknown:
+        raise ValueError(f"unknown loss terms {unknown}; iEdit's are {TERMS}")
+    if "mask" in use and "ldm" in use:
+        raise ValueError("L_mask and L_LDM are alternative noise losses (Table 2); use one of 'mask' or 'ldm'")
+    return use
 
 
 def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, differences, x1, x2,
-              m1, m2, generator=None, lambda_perc: float = 0.1, use=("mask", "global", "loc", "perc")) -> LossTerms:
+              m1, m2, generator=None, lambda_perc: float = 0.1, use=DEFAULT_USE) -> LossTerms:
     """The full objective (Eq. 12) for a batch of (source x_1, pseudo-target x_2, masks M_1, M_2
     in pixels (B, 1, H, W), edit prompts y_2 (encoded in `text_states`), differences y_2^diff):
 
-        (1 - t/T) (L_loc + L_global) + (t/T) L_mask + lambda_perc L_perc
+        mean over the batch of  (1 - t_i/T) (L_loc + L_global)_i + (t_i/T) L_mask,i + lambda_perc L_perc,i
 
-    ``use`` selects the terms (ablations of Table 2); without "mask", L_paired replaces L_mask."""
+    every item i weighted by its own noise level t_i.  ``use`` selects the terms (the ablations of
+    Table 2, see :data:`TABLE2_ROWS`): the noise term is L_mask with "mask", L_LDM (Eq. 1, the
+    source's own noise) with "ldm", else L_paired (Eq. 4)."""
+    use = check_use(use)
     sf = vae.config.scaling_factor
     with torch.no_grad():
         z1 = vae.encode(x1).latent_dist.mean * sf
@@ -105,14 +158,19 @@ def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, di
     eps2 = target_noise(scheduler, z_t, z2, t)                    # Eq. 3
     eps_pred = unet(z_t, t, encoder_hidden_states=text_states).sample
     w_clip, w_noise = time_weights(t, T)
-    zero = torch.zeros((), device=z1.device)
-    paired = loss_paired(eps_pred, eps2)                          # Eq. 4
-    lm1 = F.interpolate(m1, size=z1.shape[-2:], mode="area")
-    lm2 = F.interpolate(m2, size=z1.shape[-2:], mode="area")
-    mask = loss_mask(eps_pred, eps1, eps2, lm1, lm2) if "mask" in use else zero   # Eq. 8-9
-    noise_term = mask if "mask" in use else paired
+    per_item = torch.zeros(x1.shape[0], device=z1.device)
+    paired = loss_paired(eps_pred, eps2, reduction="none")       # Eq. 4
+    mask = ldm = per_item
+    if "mask" in use:
+        lm1 = F.interpolate(m1, size=z1.shape[-2:], mode="area")
+        lm2 = F.interpolate(m2, size=z1.shape[-2:], mode="area")
+        mask = noise_term = loss_mask(eps_pred, eps1, eps2, lm1, lm2, reduction="none")  # Eq. 8-9
+    elif "ldm" in use:
+        ldm = noise_term = loss_ldm(eps_pred, eps1, reduction="none")  # Eq. 1
+    else:
+        noise_term = paired
     need_image = any(u in use for u in ("global", "loc", "perc"))
-    g = loc = perc = torch.zeros(x1.shape[0], device=z1.device)
+    g = loc = perc = per_item
     if need_image:
         x_hat = vae.decode(predict_z0(scheduler, z_t, eps_pred, t).clamp(-20, 20) / sf).sample.clamp(-1, 1)  # Eq. 6-7
         if "global" in use:
@@ -121,8 +179,9 @@ def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, di
             loc = loss_loc(clip, x_hat, m1, differences)          # Eq. 11
         if "perc" in use:
             perc = loss_perc(clip, x_hat, x2, m1, m2)             # Eq. 10
-    total = (w_clip * (loc + g)).mean() + (w_noise.mean() * noise_term) + lambda_perc * perc.mean()
-    return LossTerms(total, paired.detach(), mask.detach(), g.mean().detach(), loc.mean().detach(), perc.mean().detach())
+    total = (w_clip * (loc + g) + w_noise * noise_term + lambda_perc * perc).mean()  # Eq. 12, per item
+    return LossTerms(total, paired.mean().detach(), mask.mean().detach(), g.mean().detach(), loc.mean().detach(),
+                     perc.mean().detach(), ldm.mean().detach())
 
 
 def trainable_groups(unet) -> tuple[list, list]:

@@ -1,7 +1,9 @@
 """iEdit's training task (``editnb toy train iedit``; protocol in :mod:`editnb.training`): the
 fine-tune of toy-sd on a pseudo-paired ToyWorld set (Sec. 3.1, toy-clip retrieval, toy-clipseg
 masks) with the objective of Eq. 12, updating the UNet's input blocks on even steps and its
-middle block on odd steps (Sec. 4.1)."""
+middle block on odd steps (Sec. 4.1).  The task option ``use`` trains an ablation row of Table 2
+instead (a :data:`~editnb.methods.iedit.losses.TABLE2_ROWS` name such as
+``"L_global + L_LDM + L_loc"``, or a tuple of loss terms)."""
 from __future__ import annotations
 
 import json
@@ -15,19 +17,22 @@ from ...features import ClipFeatures
 from ...models import IEDIT_WEIGHTS, load, models_dir, tokenize
 from ...toy import architectures as arch
 from .data import pseudo_target_accuracy, toy_paired_set
-from .losses import objective, trainable_groups
+from .losses import DEFAULT_USE, check_use, objective, trainable_groups
 
 
 class IEditTask:
     """``pairs`` training scenes, pseudo-targets retrieved from a pool of ``pool`` other scenes
-    (the shipped run: 4096 and 8192; a demo or a test passes small numbers)."""
+    (the shipped run: 4096 and 8192; a demo or a test passes small numbers); ``use`` the loss terms
+    (Eq. 12 by default; a Table 2 row name or a tuple, see :func:`~.losses.check_use`)."""
 
     name = "iedit"
     previous = None
     loader_workers = 0  # batches are slices of the prebuilt set, nothing to render
 
-    def __init__(self, device, recipe, seed, pairs: int = 4096, pool: int = 8192):
+    def __init__(self, device, recipe, seed, pairs: int = 4096, pool: int = 8192, use=DEFAULT_USE):
         from diffusers import StableDiffusionPipeline
+
+        self.use = check_use(use)  # before the minutes of set-up: a wrong row name fails at once
 
         if pairs < recipe.batch_size or pool < 1:
             raise ValueError(f"iEdit's paired set needs at least one batch of pairs and a pool to retrieve from; "
@@ -72,7 +77,7 @@ class IEditTask:
             text = self.text_encoder(tokenize(self.tok, prompts).to(self.device)).last_hidden_state
         d = self.device
         terms = objective(self.unet, self.vae, self.scheduler, self.clip, text, prompts, differences,
-                          x1.to(d), x2.to(d), m1.to(d), m2.to(d), generator=gen)
+                          x1.to(d), x2.to(d), m1.to(d), m2.to(d), generator=gen, use=self.use)
         return terms.total
 
     def export(self, module, out: Path):

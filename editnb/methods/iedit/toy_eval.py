@@ -21,9 +21,12 @@ def toy_edits(n: int, start: int = 0) -> list:
 
 def compare_on_toy(methods: dict, edits, features, strength: float = 0.6, guidance: float = 7.5, steps: int = 25,
                    seed: int = 0) -> dict:
-    """The columns of the paper's Table 1 on ToyWorld, per method: CLIPScore of the edit prompt,
+    """The columns of the paper's Table 1 on ToyWorld, per method: CLIPScore of the edit prompt
+    on the paper's scale (Hessel et al.'s 2.5 max(cos, 0), in %: :func:`editnb.metrics.clipscore_hessel`),
     toy-FID against the true edited images, SSIM-M and SSIM-M-bar on the exact edit masks, plus
-    the oracle's edit success.  `methods` maps a name to ``fn(edit, generator) -> PIL image``."""
+    the oracle's edit success, and "CLIP sim. x100" (100 max(cos, 0), PIE-Bench's scale; the value
+    "CLIPScore" held before it was put on iEdit's scale).  `methods` maps a name to
+    ``fn(edit, generator) -> PIL image``."""
     from ... import metrics as M
     from ...toy import oracle
 
@@ -32,12 +35,14 @@ def compare_on_toy(methods: dict, edits, features, strength: float = 0.6, guidan
     for name, fn in methods.items():
         images = [np.asarray(fn(e, torch.Generator().manual_seed(seed + k))) for k, e in enumerate(edits)]
         ssim = np.array([M.ssim_masked(e.source_image(), im, e.mask()) for e, im in zip(edits, images)])
+        prompts = [e.target_caption for e in edits]
         rows[name] = {
-            "CLIPScore": float(M.clip_score(features, images, [e.target_caption for e in edits]).mean()),
+            "CLIPScore": float(M.clipscore_hessel(features, images, prompts).mean()),
             "toy-FID": M.toy_fid(features, images, truth),
             "SSIM-M": float(np.nanmean(ssim[:, 0])),
             "SSIM-M-bar": float(np.nanmean(ssim[:, 1])),
             "oracle success": float(np.mean([oracle.edit_success(im, e) for im, e in zip(images, edits)])),
+            "CLIP sim. x100": float(M.clip_score(features, images, prompts).mean()),
         }
         outputs[name] = images
     return {"rows": rows, "images": outputs}
