@@ -245,8 +245,9 @@ def iedit_scores(n: int = 15) -> dict:
 
     methods = iedit.toy_methods(_load("sd"), _load("iedit"), _load("clipseg"), strength=0.6, steps=SAMPLING["steps"])
     rows = iedit.compare_on_toy(methods, iedit.toy_edits(n), ClipFeatures(*_load("clip")))["rows"]
-    columns = {"iedit_clipscore": "CLIPScore", "iedit_toy_fid": "toy-FID", "iedit_ssim_m": "SSIM-M",
-               "iedit_ssim_m_bar": "SSIM-M-bar", "iedit_success": "oracle success"}
+    # CLIPScore on iEdit's scale (Hessel et al.'s 2.5 max(cos, 0), %), and 100 max(cos, 0) beside it
+    columns = {"iedit_clipscore": "CLIPScore", "iedit_clip_sim": "CLIP sim. x100", "iedit_toy_fid": "toy-FID",
+               "iedit_ssim_m": "SSIM-M", "iedit_ssim_m_bar": "SSIM-M-bar", "iedit_success": "oracle success"}
     return {key: {m: r[col] for m, r in rows.items()} for key, col in columns.items()}
 
 
@@ -285,7 +286,7 @@ CARD_KEYS = {
     "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated", "ip_adapter_recall",
                        "ip_adapter_recall_unrelated", "ip_adapter_recall_per_sample"],
     "toy-clipseg": ["clipseg_iou", "clipseg_absent_ok"],
-    "toy-iedit": ["iedit_clipscore", "iedit_toy_fid", "iedit_ssim_m", "iedit_ssim_m_bar", "iedit_success"],
+    "toy-iedit": ["iedit_clipscore", "iedit_clip_sim", "iedit_toy_fid", "iedit_ssim_m", "iedit_ssim_m_bar", "iedit_success"],
     "toy-editclip": ["editclip_map10", "editclip_map10_clip", "editclip_map10_clipdir", "editclip_auc"],
     "toy-editclip-ip2p": ["editclip_success", "editclip_success_untrained", "editclip_kind", "editclip_kind_untrained",
                           "editclip_success_by_kind"],
