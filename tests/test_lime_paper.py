@@ -1,0 +1,15 @@
+"""The LIME supplement's tables as typed in editnb.methods.lime_paper agree with each other."""
+from editnb.methods import lime_paper
+
+
+def test_tables_share_their_common_rows():
+    # Table 7's Eq. 3 row and Table 8's KMeans-8 row are both LIME's defaults; both tables start from plain IP2P
+    assert lime_paper.TABLE_7["IP2P + LIME, unrelated suppressed (Eq. 3)"] == lime_paper.TABLE_8["KMeans 8"]
+    assert lime_paper.TABLE_7["IP2P"] == lime_paper.TABLE_8["IP2P"]
+
+
+def test_table_has_magicbrush_columns_and_every_row():
+    t = lime_paper.table(lime_paper.TABLE_8)
+    assert list(t.columns) == ["L1", "L2", "CLIP-I", "DINO", "CLIP-T"]
+    assert list(t.index) == list(lime_paper.TABLE_8)
+    assert t.loc["KMeans 4", "L1"] == 0.080 and t.loc["agglomerative 0.4", "DINO"] == 0.896
