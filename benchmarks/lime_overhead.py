@@ -28,6 +28,11 @@ def main():
                                                     generator=rt.generator(0)), None),
         ("IP2P + LIME", lambda: lime.edit(pipe, image, e.instruction, steps=args.steps, generator=rt.generator(0)),
          "IP2P"),
+        # the named departure: layers of a resolution averaged before clustering (fewer channels)
+        ("IP2P + LIME, feature_merge=mean", lambda: lime.edit(pipe, image, e.instruction, steps=args.steps,
+                                                              generator=rt.generator(0),
+                                                              localisation_options={"feature_merge": "mean"}),
+         "IP2P"),
     ]
     rows = []
     with torch.no_grad():
