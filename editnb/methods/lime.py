@@ -472,27 +472,18 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, roi, mode: st
     the injected maps are the source's, unregularised; LIME shapes the target's own maps after
     that window and the new words' maps throughout.  The source branch is never touched.
     Returns P2P's Result (images [source, target]) with ``masks["roi"]``."""
-    from .. import editing
-    from ..attention.p2p import PromptToPrompt
-    from ..runtime import check_blend_words, check_prompts, check_steps
-    from .p2p import local_blend_hook
+    from . import p2p
 
-    diffusion.check_generator(generator)
-    check_prompts([source_prompt, target_prompt], words=True, what="P2P prompt")
-    blend_words, steps = check_blend_words(blend_words), check_steps(steps)
     roi = np.asarray(roi, bool)
-    p2p = PromptToPrompt(pipe.tokenizer, [source_prompt, target_prompt], steps, mode=mode,
-                         cross_replace=cross_replace, self_replace=self_replace, equalizer=equalizer,
-                         blend_words=blend_words).configure(pipe.unet)
     reg = LimeRegularizer(roi, pipe.tokenizer, target_prompt, mode=lime_mode,
                           min_resolution=min_resolution or regularised_resolution(pipe.unet), step_range=step_range,
                           branch="target")
-    out = editing.dual_branch(pipe, source_prompt, target_prompt, image=image, inversion=inversion,
-                              scheduler=scheduler, guidance=guidance, steps=steps, generator=generator,
-                              controller=Chain(reg, p2p),
-                              blend=local_blend_hook(p2p) if p2p.blend is not None else None)
+    out = p2p.prompt_to_prompt(pipe, source_prompt, target_prompt, mode=mode, cross_replace=cross_replace,
+                               self_replace=self_replace, equalizer=equalizer, blend_words=blend_words,
+                               guidance=guidance, steps=steps, generator=generator, image=image,
+                               inversion=inversion, scheduler=scheduler, before=reg)
     out.masks["roi"] = roi
-    out.found["p2p"], out.found["lime"] = p2p, reg
+    out.found["lime"] = reg
     return out
 
 

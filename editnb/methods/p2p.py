@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import diffusion, editing
+from ..attention.controller import Chain
 from ..attention.p2p import PromptToPrompt
 from ..runtime import check_blend_words, check_prompts, check_steps
 
@@ -17,7 +18,7 @@ def local_blend_hook(ctrl: PromptToPrompt):
 def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, mode: str = "replace",
                      cross_replace: float = 0.8, self_replace: float = 0.4, equalizer: dict | None = None,
                      blend_words=None, guidance: float = 7.5, steps: int = 50, generator=None,
-                     image=None, inversion: str = "direct", scheduler: str = "ddim") -> diffusion.Result:
+                     image=None, inversion: str = "direct", scheduler: str = "ddim", before=None) -> diffusion.Result:
     """Edit with P2P.  Without `image`, source and target are generated from the same noise.
 
     With `image`, the image is DDIM-inverted with the source prompt (``inversion="ddim"``) and,
@@ -25,6 +26,9 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, mode: str = "
     Inversion, Ju et al. 2024), which keeps the source reconstruction exact under guidance.
     Returns a Result whose images are [source, target]; ``result.found["controller"]`` is the
     controller and ``result.masks["blend"]`` the local-blend mask (when blend words are given).
+    `before`: another controller chained before P2P's (its logit biases first, then P2P's
+    probability edits), e.g. LIME's regulariser (:func:`editnb.methods.lime.prompt_to_prompt`);
+    ``result.found["p2p"]`` is then P2P's own controller.
     """
     diffusion.check_generator(generator)
     check_prompts([source_prompt, target_prompt], words=True, what="P2P prompt")
@@ -32,6 +36,9 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, mode: str = "
     ctrl = PromptToPrompt(pipe.tokenizer, [source_prompt, target_prompt], steps, mode=mode,
                           cross_replace=cross_replace, self_replace=self_replace, equalizer=equalizer,
                           blend_words=blend_words).configure(pipe.unet)
-    return editing.dual_branch(pipe, source_prompt, target_prompt, image=image, inversion=inversion,
-                               scheduler=scheduler, guidance=guidance, steps=steps, generator=generator,
-                               controller=ctrl, blend=local_blend_hook(ctrl) if ctrl.blend is not None else None)
+    out = editing.dual_branch(pipe, source_prompt, target_prompt, image=image, inversion=inversion,
+                              scheduler=scheduler, guidance=guidance, steps=steps, generator=generator,
+                              controller=ctrl if before is None else Chain(before, ctrl),
+                              blend=local_blend_hook(ctrl) if ctrl.blend is not None else None)
+    out.found["p2p"] = ctrl
+    return out
