@@ -79,6 +79,68 @@ def test_objective_backpropagates_into_the_unet(random_pipe):
     unet.zero_grad()
 
 
+def _eq12_from_the_pieces(pipe, clip, states, prompts, diffs, x1, x2, m1, m2, t, eps1, lambda_perc=0.1):
+    """Eq. 12 rebuilt from the loss pieces, as chapter 02 wrote it before `objective` took t and eps1."""
+    import torch.nn.functional as F
+
+    sched, vae = pipe.scheduler, pipe.vae
+    sf = vae.config.scaling_factor
+    z1, z2 = (vae.encode(x).latent_dist.mean * sf for x in (x1, x2))
+    lm1, lm2 = (F.interpolate(m, size=z1.shape[-2:], mode="area") for m in (m1, m2))
+    z_t = iedit.noisy_source(sched, z1, t, eps1)
+    eps2 = iedit.target_noise(sched, z_t, z2, t)
+    eps_pred = pipe.unet(z_t, t, encoder_hidden_states=states).sample
+    x_hat = vae.decode(iedit.predict_z0(sched, z_t, eps_pred, t).clamp(-20, 20) / sf).sample.clamp(-1, 1)
+    w_clip, w_noise = iedit.time_weights(t, sched.config.num_train_timesteps)
+    return (w_clip * (iedit.loss_loc(clip, x_hat, m1, diffs) + iedit.loss_global(clip, x_hat, prompts))
+            + w_noise * iedit.loss_mask(eps_pred, eps1, eps2, lm1, lm2, reduction="none")
+            + lambda_perc * iedit.loss_perc(clip, x_hat, x2, m1, m2)).mean()
+
+
+def test_objective_at_a_given_t_and_noise_is_eq12_from_the_pieces(random_pipe):
+    """t and eps1 given: the same value on every call, equal to Eq. 12 built by hand; not given:
+    drawn from the generator as before (t, then eps_1), with the same value."""
+    from editnb.diffusion import encode_prompt
+
+    clip = M.clip_features("clip", profile="toy")
+    edits = [world.edit_for("test", k, "recolor") for k in range(2)]
+    to_tensor = lambda im: torch.from_numpy(im).permute(2, 0, 1).float() / 127.5 - 1  # noqa: E731
+    x1 = torch.stack([to_tensor(e.source_image()) for e in edits])
+    x2 = torch.stack([to_tensor(e.edited_image()) for e in edits])
+    m = torch.stack([torch.from_numpy(e.mask()).float()[None] for e in edits])
+    prompts, diffs = [e.target_caption for e in edits], ["blue circle", "red square"]
+    states = encode_prompt(random_pipe, prompts)
+    pipe = random_pipe
+    batch = (clip, states, prompts, diffs, x1, x2, m, m)
+    with torch.no_grad():
+        z_shape = pipe.vae.encode(x1).latent_dist.mean.shape
+        t = torch.tensor([150, 800])
+        eps1 = torch.randn(z_shape, generator=torch.Generator().manual_seed(1))
+        first, second = (iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, t=t, eps1=eps1)
+                         for _ in range(2))
+        assert torch.equal(first.total, second.total)
+        assert torch.allclose(first.total, _eq12_from_the_pieces(pipe, *batch, t, eps1), rtol=1e-5)
+        at_300 = iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, t=300, eps1=eps1)  # one t for every item
+        at_300_by_hand = _eq12_from_the_pieces(pipe, *batch, torch.tensor([300, 300]), eps1)
+        assert torch.allclose(at_300.total, at_300_by_hand, rtol=1e-5)
+
+        gen = torch.Generator().manual_seed(7)
+        t_drawn = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (2,), generator=gen)
+        eps_drawn = torch.randn(z_shape, generator=gen)
+        drawn = iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, generator=torch.Generator().manual_seed(7))
+        assert torch.allclose(drawn.total, _eq12_from_the_pieces(pipe, *batch, t_drawn, eps_drawn), rtol=1e-5)
+        assert not torch.allclose(drawn.total, first.total)  # the draws differ from the fixed t and noise
+
+        with pytest.raises(ValueError, match="one per batch item"):
+            iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, t=torch.tensor([1, 2, 3]))
+        with pytest.raises(ValueError, match=r"in \[0, 1000\)"):
+            iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, t=1000)
+        with pytest.raises(ValueError, match="integers"):
+            iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, t=0.5)
+        with pytest.raises(ValueError, match="shaped like the latent"):
+            iedit.objective(pipe.unet, pipe.vae, pipe.scheduler, *batch, eps1=eps1[:1])
+
+
 def test_eq13_keeps_the_latent_outside_the_mask_equal_to_the_noised_source(random_pipe):
     e = world.edit_for("test", 2, "recolor")
     mask = np.zeros((64, 64), bool)

@@ -135,7 +135,7 @@ def check_use(use) -> tuple[str, ...]:
 
 
 def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, differences, x1, x2,
-              m1, m2, generator=None, lambda_perc: float = 0.1, use=DEFAULT_USE) -> LossTerms:
+              m1, m2, generator=None, lambda_perc: float = 0.1, use=DEFAULT_USE, t=None, eps1=None) -> LossTerms:
     """The full objective (Eq. 12) for a batch of (source x_1, pseudo-target x_2, masks M_1, M_2
     in pixels (B, 1, H, W), edit prompts y_2 (encoded in `text_states`), differences y_2^diff):
 
@@ -143,7 +143,12 @@ def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, di
 
     every item i weighted by its own noise level t_i.  ``use`` selects the terms (the ablations of
     Table 2, see :data:`TABLE2_ROWS`): the noise term is L_mask with "mask", L_LDM (Eq. 1, the
-    source's own noise) with "ldm", else L_paired (Eq. 4)."""
+    source's own noise) with "ldm", else L_paired (Eq. 4).
+
+    Training draws the timesteps t_i and the source noise eps_1 of Eq. 2 from `generator` (t
+    first, then eps_1).  Pass `t` (an int for every item, or one per item) and/or `eps1` (the
+    latent's shape) to fix them instead: Eq. 12 on a fixed batch at a fixed t, where the learning
+    shows (a drawn t moves the value more than training does); what is not given is drawn as before."""
     use = check_use(use)
     sf = vae.config.scaling_factor
     with torch.no_grad():
@@ -152,8 +157,17 @@ def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, di
     T = scheduler.config.num_train_timesteps
     # drawn on the generator's device (a CUDA generator cannot draw on the CPU), then moved
     gen_device = generator.device if generator is not None else z1.device
-    t = torch.randint(0, T, (x1.shape[0],), generator=generator, device=gen_device).to(z1.device)
-    eps1 = torch.randn(z1.shape, generator=generator, device=gen_device).to(z1)
+    if t is None:
+        t = torch.randint(0, T, (x1.shape[0],), generator=generator, device=gen_device)
+    else:
+        t = _timesteps(t, x1.shape[0], T)
+    t = t.to(z1.device)
+    if eps1 is None:
+        eps1 = torch.randn(z1.shape, generator=generator, device=gen_device)
+    elif tuple(eps1.shape) != tuple(z1.shape):
+        raise ValueError(f"eps1 is the noise of Eq. 2, shaped like the latent {tuple(z1.shape)}; "
+                         f"got {tuple(eps1.shape)}")
+    eps1 = eps1.to(z1)
     z_t = noisy_source(scheduler, z1, t, eps1)                   # Eq. 2
     eps2 = target_noise(scheduler, z_t, z2, t)                    # Eq. 3
     eps_pred = unet(z_t, t, encoder_hidden_states=text_states).sample
@@ -182,6 +196,20 @@ def objective(unet, vae, scheduler, clip: ClipFeatures, text_states, prompts, di
     total = (w_clip * (loc + g) + w_noise * noise_term + lambda_perc * perc).mean()  # Eq. 12, per item
     return LossTerms(total, paired.mean().detach(), mask.mean().detach(), g.mean().detach(), loc.mean().detach(),
                      perc.mean().detach(), ldm.mean().detach())
+
+
+def _timesteps(t, batch: int, T: int) -> torch.Tensor:
+    """`t` (an int, or one timestep per item) as a (batch,) integer tensor in [0, T)."""
+    t = torch.as_tensor(t)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"timesteps t are integers in [0, {T}); got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"t is one timestep or one per batch item ({batch}); got shape {tuple(t.shape)}")
+    if bool((t < 0).any()) or bool((t >= T).any()):
+        raise ValueError(f"timesteps t are in [0, {T}) (the scheduler's training steps); got {t.tolist()}")
+    return t
 
 
 def trainable_groups(unet) -> tuple[list, list]:
