@@ -45,6 +45,9 @@ HALF = torch.float16
 OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 #: registry names with a stand-in (the others have no loader or no public weights)
+#: bumped when a stand-in's build changes, so that caches built before are rebuilt (2: the
+#: pipelines' scheduler configs gained the Hub's "clip_sample": false)
+_BUILD_VERSIONS = {"sd": 2, "ip2p": 2}
 NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "clipseg", "dino", "dino-s16", "ip-adapter", "clip-h14")
 
 
@@ -61,7 +64,8 @@ def folder(name: str, full_width: bool = False, sample_size: int = SAMPLE_SIZE) 
         raise ValueError(f"the sd15-shaped profile has no stand-in for {name!r}; it has {list(NAMES)}")
     if sample_size % 8:
         raise ValueError(f"sample_size must be a multiple of 8 (SD's UNet halves the latent 3 times), got {sample_size}")
-    settings = {"name": name, "full_width": full_width, "sample_size": sample_size, "seed": SEED, "v": 1}
+    settings = {"name": name, "full_width": full_width, "sample_size": sample_size, "seed": SEED,
+                "v": _BUILD_VERSIONS.get(name, 1)}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     out = cache_dir() / f"{name}-{key}"
     if (out / ".complete").exists():
@@ -166,6 +170,10 @@ def pipeline(kind: str = "sd", full_width: bool = False, sample_size: int = SAMP
     else:
         cls = StableDiffusionPipeline
         scheduler = PNDMScheduler(**schedule, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    # SD 1.5's scheduler config on the Hub says "clip_sample": false, a key PNDM does not take but a
+    # DDIM scheduler built from the config reads; without it DDIM would clip x0 to [-1, 1], which SD
+    # 1.5 never does (the InstructPix2Pix stand-in gets the same)
+    scheduler.register_to_config(clip_sample=False)
     with torch.random.fork_rng(devices=[]):
         return cls(vae=vae(full_width, sample_size), text_encoder=text_encoder(full_width), tokenizer=clip_tokenizer(),
                    unet=unet(8 if kind == "ip2p" else 4, full_width, sample_size), scheduler=scheduler,

@@ -3,6 +3,7 @@ InstructPix2Pix's architectures with random weights; the pictures are noise, so 
 shapes, devices and that nothing assumes the toy geometry), and the real CLIP tokenizer."""
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -336,3 +337,15 @@ def test_memory_benchmark_runs_small_on_the_cpu(capsys, monkeypatch):
     # each row shows its measurement's peak under the memory column and its seconds under the time column
     assert [(r[3], r[4]) for r in rows] == [(peak, secs) for secs, peak in measured]
     assert "| chapter | call | model CPU offload |" in capsys.readouterr().out
+
+
+def test_stand_in_schedulers_do_not_clip_x0_as_sd15s_hub_config():
+    """DDIM built from the stand-ins' scheduler configs must not clip the x0 estimate (SD 1.5's
+    scheduler_config.json has "clip_sample": false); the saved folder keeps the key."""
+    from editnb.diffusion import make_scheduler
+
+    for kind in ("sd", "ip2p"):
+        pipe = sd15_shaped.pipeline(kind)
+        assert make_scheduler(pipe).config.clip_sample is False
+    saved = json.loads((sd15_shaped.folder("sd") / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["clip_sample"] is False

@@ -220,3 +220,81 @@ def test_bad_settings_are_refused_before_any_compute(adapter, items):
             vimaedit(*args, steps=STEPS, **bad)
     with pytest.raises(ValueError, match="not in the prompt"):
         vimaedit(adapter, item.source_prompt, item.target_prompt, item.image, ("dog", "cat"), steps=STEPS)
+
+
+# ------------------------------------------------------------------ chapter 04's helpers
+
+
+def test_paper_tables_use_the_benchmark_columns_and_methods():
+    from editnb.bench import runner
+    from editnb.methods import registry
+    from editnb.methods.vimaedit import paper
+
+    assert list(paper.COLUMNS) == [label for _, label in runner.COLUMNS]
+    assert set(paper.TABLE_2) <= set(registry.METHODS)
+    t = paper.table(paper.TABLE_2)
+    assert t.loc["vimaedit-ca"].isna().sum() == 2 and not t.loc["vimaedit"].isna().any()
+    assert paper.table(paper.TABLE_1_PNP_INVERSION).loc["ViMAEdit", "BG PSNR ↑"] == 28.75
+
+
+def test_agreement_names_what_follows_and_what_is_reversed():
+    from editnb.methods.vimaedit import paper
+
+    cols = list(paper.COLUMNS)
+    book = paper.table({"base": (10, 20, 50, 30, 80, 25, 22), "new": (12, 25, 40, 20, 85, 26, None)})
+    # toy: "new" is worse on structure (as the paper), worse on PSNR (reversed), better elsewhere
+    import pandas as pd
+
+    toy = pd.DataFrame([[5, 30, 60, 40, 70, 20, 20], [6, 29, 50, 30, 80, 21, 21]], index=["base", "new"], columns=cols)
+    v = paper.agreement(book, toy, baseline="base")
+    assert list(v.index) == ["new"]
+    assert v.loc["new", cols[0]] == "follows" and v.loc["new", cols[1]] == "reversed"
+    assert v.loc["new", cols[2]] == "follows" and v.loc["new", cols[6]] == "missing"
+
+
+def test_objects_found_needs_every_object_of_the_scene():
+    from editnb.toy import oracle, world
+
+    two = world.scene_for("test", 0, n_objects=2)
+    image = world.render(two)
+    assert oracle.objects_found(image, two)
+    one = world.Scene(objects=two.objects[:1], background=two.background)
+    assert oracle.objects_found(image, one)  # extra objects are allowed
+    assert not oracle.objects_found(world.render(one), two)
+
+
+def test_sample_from_embedding_depends_on_the_embedding(adapter):
+    from editnb.methods.vimaedit.embeddings import image_embedding, sample_from_embedding
+    from editnb.toy import world
+
+    a = image_embedding(adapter, world.render(world.scene_for("test", 0)))
+    b = image_embedding(adapter, world.render(world.scene_for("test", 1)))
+    assert a.shape[0] == 1
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    sa = sample_from_embedding(adapter, a, 2, steps=STEPS, generator=gen())
+    sb = sample_from_embedding(adapter, b, 2, steps=STEPS, generator=gen())
+    assert len(sa) == 2
+    import numpy as np
+
+    assert np.abs(np.asarray(sa[0], float) - np.asarray(sb[0], float)).mean() > 1.0
+    assert np.array_equal(np.asarray(sa[0]), np.asarray(sample_from_embedding(adapter, a, 2, steps=STEPS, generator=gen())[0]))
+    with pytest.raises(ValueError, match="one image embedding"):
+        sample_from_embedding(adapter, torch.cat([a, b]), 2, steps=STEPS)
+
+
+def test_p2p_pie_reads_blend_words_given_as_strings_or_lists(toy, items):
+    """The target word is reweighted x2 whole: ("triangle", "circle") and (["triangle"], ["circle"])
+    are one edit (a string's first letter is no word)."""
+    import numpy as np
+
+    from editnb.methods.vimaedit.edit import p2p_pie
+
+    sd = models.load("sd", profile="toy", device="cpu", dtype=torch.float32)
+    item = next(i for i in items if all(_words(sd, i) or ([], [])))
+    src, tgt = _words(sd, item)
+    run = lambda words: p2p_pie(sd, item.source_prompt, item.target_prompt, item.image, words, steps=STEPS,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0)).images[1]
+    assert np.array_equal(np.asarray(run((src[0], tgt[0]))), np.asarray(run((src, tgt))))
+    plain = p2p_pie(sd, item.source_prompt, item.target_prompt, item.image, None, steps=STEPS,
+                    generator=torch.Generator().manual_seed(0)).images[1]
+    assert not np.array_equal(np.asarray(plain), np.asarray(run((src, tgt))))

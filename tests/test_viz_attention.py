@@ -64,3 +64,16 @@ def test_guidance_grid_notes_need_one_line_per_panel():
     plt.close(fig)
     with pytest.raises(ValueError, match="one line per image"):
         vattn.guidance_grid(images, [1, 2], [1, 2], notes=["a"])
+
+
+def test_changes_against_draws_where_each_variant_differs_from_the_reference():
+    ref = np.zeros((8, 8, 3), np.uint8)
+    moved = ref.copy()
+    moved[2:4, 2:4] = 90
+    fig = vattn.changes_against(ref, {"a": ref, "b": moved}, reference_label="zero")
+    diff_b = fig.axes[5].get_images()[0].get_array()  # row 2, column 3: |b - zero|
+    assert diff_b[2:4, 2:4].min() == 90 and diff_b.sum() == 90 * 4
+    assert fig.axes[4].get_images()[0].get_array().max() == 0  # |a - zero|: nothing
+    plt.close(fig)
+    with pytest.raises(ValueError, match="resize it first"):
+        vattn.changes_against(ref, {"small": np.zeros((4, 4, 3), np.uint8)})

@@ -183,14 +183,6 @@ def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
     return {"ip_adapter_sim": matched, "ip_adapter_sim_unrelated": unrelated}
 
 
-def _objects_found(image, scene: world.Scene) -> bool:
-    """Does the oracle find every object of `scene` (shape and colour; cells and background aside)?"""
-    found = [(d.color, d.shape) for d in oracle.read(image).objects]
-    return all(found.count(o) >= want for o, want in
-               {(o.color, o.shape): sum((p.color, p.shape) == (o.color, o.shape) for p in scene.objects)
-                for o in scene.objects}.items())
-
-
 def ip_adapter_recall(n: int = 100, seeds: int = 3) -> dict[str, float]:
     """What the image embedding alone brings back (ViMAEdit's Figure 5 test): toy-sd conditioned
     only on a held-out scene's toy-clip image embedding (adapter scale 1, empty prompt), `seeds`
@@ -210,8 +202,8 @@ def ip_adapter_recall(n: int = 100, seeds: int = 3) -> dict[str, float]:
                    num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"],
                    generator=torch.Generator().manual_seed(100 + k), output_type="np")
         for i, image in enumerate(_images(out.images)):
-            hits[i, k] = _objects_found(image, scenes[i])
-            chance[i, k] = _objects_found(image, scenes[(i + 1) % n])
+            hits[i, k] = oracle.objects_found(image, scenes[i])
+            chance[i, k] = oracle.objects_found(image, scenes[(i + 1) % n])
     return {"ip_adapter_recall": float((hits.mean(1) >= 0.5).mean()),
             "ip_adapter_recall_unrelated": float((chance.mean(1) >= 0.5).mean()),
             "ip_adapter_recall_per_sample": float(hits.mean())}

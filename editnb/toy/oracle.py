@@ -126,6 +126,15 @@ def matches(image, scene: world.Scene, positions: bool = False, background: bool
     return got == want and (got_bg == want_bg or not background)
 
 
+def objects_found(image, scene: world.Scene) -> bool:
+    """Does the oracle find every object of `scene` in the image (shape and colour, as many of each
+    as the scene has; cells, background and extra objects aside)?  What an image embedding alone
+    should bring back (ViMAEdit's Figure 5)."""
+    found = [(d.color, d.shape) for d in read(image).objects]
+    wanted = [(o.color, o.shape) for o in scene.objects]
+    return all(found.count(o) >= wanted.count(o) for o in set(wanted))
+
+
 def caption_agreement(image, caption: str, background: bool = True) -> bool:
     """Does the image show what a ToyWorld caption says (objects by colour and shape, background)?"""
     scene = world.parse_caption(caption)

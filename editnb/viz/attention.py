@@ -214,6 +214,40 @@ def comparison(source, edited, mask=None, labels=("source", "edited"), size: flo
     return fig
 
 
+def changes_against(reference, images: dict, reference_label: str = "reference", size: float = 1.7,
+                    vmax: float | None = None):
+    """Two rows: the reference and each image; under each image, |image - reference| (mean over the
+    channels, grey levels) with one colourbar, so where a variant differs from the reference shows at a
+    glance even when the images look alike.  Images must have the reference's size."""
+    import matplotlib.pyplot as plt
+
+    ref = to_numpy(reference).astype(float)
+    diffs = {}
+    for name, im in images.items():
+        arr = to_numpy(im).astype(float)
+        if arr.shape != ref.shape:
+            raise ValueError(f"image {name!r} has shape {arr.shape}, the reference {ref.shape}: resize it first")
+        diffs[name] = np.abs(arr - ref).mean(-1)
+    top = vmax or max(float(d.max()) for d in diffs.values()) or 1.0
+    n = len(images) + 1
+    fig, axes = plt.subplots(2, n, figsize=(size * n + 0.6, 2 * size + 0.4), squeeze=False)
+    axes[0, 0].imshow(ref.astype(np.uint8), interpolation="nearest")
+    axes[0, 0].set_title(reference_label, fontsize=8)
+    axes[1, 0].axis("off")
+    artist = None
+    for c, (name, im) in enumerate(images.items(), start=1):
+        axes[0, c].imshow(to_numpy(im), interpolation="nearest")
+        axes[0, c].set_title(name, fontsize=8)
+        artist = axes[1, c].imshow(diffs[name], cmap="inferno", vmin=0, vmax=top, interpolation="nearest")
+        axes[1, c].set_title(f"|{name} - {reference_label}|"[:34], fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    _colourbar(fig, axes[1, 1:], artist, "grey levels")
+    return fig
+
+
 def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
     """Interactive explorer (word, step, layer sliders) for cross-attention maps.
 

@@ -58,6 +58,21 @@ def present_blend_words(tokenizer, source_prompt: str, target_prompt: str, blend
     return pair if (pair[0] or pair[1]) else None
 
 
+def p2p_pie(pipe, source_prompt: str, target_prompt: str, image, blend_words=None, *, guidance: float = 7.5,
+            steps: int = 50, generator=None) -> diffusion.Result:
+    """Prompt-to-Prompt as PIE-Bench runs it, ViMAEdit's Table 1 baseline: Direct Inversion, cross
+    replace 0.4, self replace 0.6, local blend on the blend words (pass them through
+    :func:`present_blend_words`), the target blend word reweighted x2."""
+    from ..p2p import prompt_to_prompt
+
+    blend_words = check_blend_words(blend_words)
+    target_words = [] if blend_words is None else [blend_words[1]] if isinstance(blend_words[1], str) else list(blend_words[1])
+    equalizer = {target_words[0]: 2.0} if target_words and target_words[0] else None
+    return prompt_to_prompt(pipe, source_prompt, target_prompt, mode=p2p_mode(pipe.tokenizer, source_prompt, target_prompt),
+                            cross_replace=0.4, self_replace=0.6, equalizer=equalizer, blend_words=blend_words,
+                            guidance=guidance, steps=steps, generator=generator, image=image)
+
+
 def _check(variance, grounding, gamma, rounds, start, image_scale, clusters):
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES} (Sec. 4.4 and Table 2), got {variance!r}")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ... import diffusion
 from ...diffusion import execution_device
 from ...features import ClipFeatures
 
@@ -66,3 +67,26 @@ def adapter_scale(pipe, scale: float):
     finally:
         for p, s in zip(procs, before):
             p.scale = s
+
+
+@torch.no_grad()
+def image_embedding(pipe, image) -> torch.Tensor:
+    """e_I: the IP-Adapter image encoder's embedding of `image`, (1, dim), as the adapter was trained."""
+    if getattr(pipe, "image_encoder", None) is None:
+        raise ValueError("this pipeline has no IP-Adapter: load it with models.load('ip-adapter')")
+    return pipe.encode_image(image, execution_device(pipe), 1)[0].float()
+
+
+def sample_from_embedding(pipe, embedding: torch.Tensor, n: int = 6, *, steps: int = 25, guidance: float = 5.0,
+                          generator=None, scale: float = 1.0) -> list:
+    """What an image embedding carries (the paper's Figure 5): `n` samples of the IP-Adapter pipeline
+    conditioned on `embedding` (1, dim) alone, the prompt empty and the adapter at weight `scale`
+    (1: only the image cross-attention speaks), classifier-free guidance against a zero embedding."""
+    if embedding.dim() != 2 or embedding.shape[0] != 1:
+        raise ValueError(f"embedding is one image embedding (1, dim), got {tuple(embedding.shape)}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (the number of samples) is a positive integer, got {n!r}")
+    embeds = [embedding[:, None].expand(n, 1, -1).to(pipe.unet.dtype)]
+    with adapter_scale(pipe, scale):
+        return diffusion.text_to_image(pipe, [""] * n, guidance=guidance, steps=steps, generator=generator,
+                                       image_embeds=embeds).images

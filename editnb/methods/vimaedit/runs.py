@@ -2,9 +2,8 @@
 benchmark runner (``editnb bench run --method vimaedit ...``)."""
 from __future__ import annotations
 
-from ..p2p import prompt_to_prompt
 from ..registry import register
-from .edit import TEXT_CLIP, p2p_mode, present_blend_words, vimaedit
+from .edit import TEXT_CLIP, p2p_pie, present_blend_words, vimaedit
 
 NEEDS = ("source_prompt", "target_prompt", "blend_words")
 
@@ -64,9 +63,5 @@ def run_p2p_pie(ctx, item, generator, steps, guidance: float = 7.5):
     replace 0.4, self replace 0.6, local blend on the blend words, the target blend word reweighted x2."""
     pipe = ctx.model("sd")
     blend = present_blend_words(pipe.tokenizer, item.source_prompt, item.target_prompt, item.blend_words)
-    equalizer = {blend[1][0]: 2.0} if blend and blend[1] else None
-    result = prompt_to_prompt(pipe, item.source_prompt, item.target_prompt,
-                              mode=p2p_mode(pipe.tokenizer, item.source_prompt, item.target_prompt),
-                              cross_replace=0.4, self_replace=0.6, equalizer=equalizer, blend_words=blend,
-                              guidance=guidance, steps=steps, generator=generator, image=item.image)
-    return result.images[1]
+    return p2p_pie(pipe, item.source_prompt, item.target_prompt, item.image, blend, guidance=guidance, steps=steps,
+                   generator=generator).images[1]
