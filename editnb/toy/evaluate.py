@@ -159,6 +159,24 @@ def xattn_iou(n: int = 40) -> float:
     return float(np.mean(ious))
 
 
+def _from_image_embeddings(pipe, embeds: torch.Tensor, seeds: list[int]) -> list[list[np.ndarray]]:
+    """For each image embedding (n, dim), one sample per seed of `pipe` conditioned on it alone
+    (empty prompt, classifier-free guidance against the zero embedding); sample k of every
+    embedding starts from the noise of seed k.
+
+    One pipeline call per embedding: diffusers' pipelines hold ONE image conditioning for the whole
+    prompt batch and repeat ``ip_adapter_image_embeds`` batch-size times, so n different embeddings
+    in one call hand every sample the tokens of all n images at once (4n tokens, one mixture)."""
+    samples = []
+    for e in embeds[:, None]:  # (1, dim) each
+        out = pipe([""], ip_adapter_image_embeds=[torch.stack([torch.zeros_like(e), e])],
+                   num_images_per_prompt=len(seeds), num_inference_steps=SAMPLING["steps"],
+                   guidance_scale=SAMPLING["guidance_scale"],
+                   generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np")
+        samples.append(_images(out.images))
+    return samples
+
+
 def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
     """Cosine similarity in toy-clip image space between a conditioning image and the image
     toy-sd generates from its embedding alone (empty prompt, adapter scale 1), against the same
@@ -168,11 +186,8 @@ def ip_adapter_similarity(n: int = 40) -> dict[str, float]:
     scenes = [world.scene_for("test", i) for i in range(n)]
     pixels = torch.stack([to_tensor(world.render(s)) for s in scenes]).to(DEVICE)
     with torch.no_grad():
-        embeds = pipe.image_encoder(pixel_values=pixels).image_embeds[:, None]
-    out = pipe([""] * n, ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
-               num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"],
-               generator=torch.Generator().manual_seed(3), output_type="np")
-    generated = torch.stack([to_tensor(im) for im in _images(out.images)]).to(DEVICE)
+        embeds = pipe.image_encoder(pixel_values=pixels).image_embeds
+    generated = torch.stack([to_tensor(im[0]) for im in _from_image_embeddings(pipe, embeds, [3])]).to(DEVICE)
     model, _ = _load("clip")
     with torch.no_grad():
         a = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
@@ -194,16 +209,10 @@ def ip_adapter_recall(n: int = 100, seeds: int = 3) -> dict[str, float]:
     scenes = [world.scene_for("test", 30_000 + i) for i in range(n)]
     pixels = torch.stack([to_tensor(world.render(s)) for s in scenes]).to(DEVICE)
     with torch.no_grad():
-        embeds = pipe.image_encoder(pixel_values=pixels).image_embeds[:, None]
-    hits = np.zeros((n, seeds), bool)
-    chance = np.zeros((n, seeds), bool)
-    for k in range(seeds):
-        out = pipe([""] * n, ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])],
-                   num_inference_steps=SAMPLING["steps"], guidance_scale=SAMPLING["guidance_scale"],
-                   generator=torch.Generator().manual_seed(100 + k), output_type="np")
-        for i, image in enumerate(_images(out.images)):
-            hits[i, k] = oracle.objects_found(image, scenes[i])
-            chance[i, k] = oracle.objects_found(image, scenes[(i + 1) % n])
+        embeds = pipe.image_encoder(pixel_values=pixels).image_embeds
+    samples = _from_image_embeddings(pipe, embeds, [100 + k for k in range(seeds)])
+    hits = np.array([[oracle.objects_found(im, scenes[i]) for im in samples[i]] for i in range(n)])
+    chance = np.array([[oracle.objects_found(im, scenes[(i + 1) % n]) for im in samples[i]] for i in range(n)])
     return {"ip_adapter_recall": float((hits.mean(1) >= 0.5).mean()),
             "ip_adapter_recall_unrelated": float((chance.mean(1) >= 0.5).mean()),
             "ip_adapter_recall_per_sample": float(hits.mean())}

@@ -62,11 +62,14 @@ def write_initial(folder: Path) -> None:
     save_file(state, str(models / IP_ADAPTER_WEIGHTS))
 
 
-def save(unet, out: Path) -> None:
-    """Write the adapter loaded into `unet` (its image projection and IP attention processors)."""
+def save(image_proj, processors, out: Path) -> None:
+    """Write an adapter: `image_proj` (the UNet's MultiIPAdapterImageProjection, ``encoder_hid_proj``)
+    and its IP attention `processors` in ``unet.attn_processors`` order (possibly EMA copies)."""
     from safetensors.torch import save_file
 
-    procs = [p for p in unet.attn_processors.values() if hasattr(p, "to_k_ip")]
-    state = adapter_state(unet.encoder_hid_proj.image_projection_layers[0].state_dict(),
+    procs = [p for p in processors if hasattr(p, "to_k_ip")]
+    if not procs:
+        raise ValueError("no IP-Adapter attention processors (with to_k_ip) to save")
+    state = adapter_state(image_proj.image_projection_layers[0].state_dict(),
                           [p.to_k_ip[0].weight for p in procs], [p.to_v_ip[0].weight for p in procs])
     save_file(state, str(out / "models" / IP_ADAPTER_WEIGHTS))
