@@ -16,7 +16,7 @@ import numpy as np
 from .images import fit, sample_photos
 from .toy import oracle as toy_oracle, world
 
-CHAPTERS = ("01", "02", "03", "06")
+CHAPTERS = ("01", "02", "03", "04", "06")
 
 
 @dataclass
@@ -166,6 +166,19 @@ def _photo_03(resolution):
     return ChapterInputs(measures=("change",), edits=photo_edits(resolution))
 
 
+def _toy_04(resolution):
+    # object edits (reshape and recolour) of held-out scenes: the blend word names one object, whose
+    # exact mask is the grounding's answer
+    edits = [world.edit_for("test", i, kind=k) for i in range(3) for k in ("reshape", "recolor")]
+    return ChapterInputs(oracle=toy_oracle, measures=("leak", "done"), edits=edits, showcase=edits[0],
+                         unrelated=world.render(world.scene_for("test", 30_000)))
+
+
+def _photo_04(resolution):
+    edits = photo_edits(resolution)
+    return ChapterInputs(measures=("change",), edits=edits, showcase=edits[0], unrelated=edits[1].image)
+
+
 def _toy_06(resolution):
     return ChapterInputs(oracle=toy_oracle, note="", editor_name="EditCLIP (toy)", control=True,
                          text_name="InstructPix2Pix, text (toy-ip2p)", change=toy_oracle.change_outside,
@@ -192,8 +205,8 @@ def _photo_06(resolution):
                          change_where="over the whole image")
 
 
-_TOY = {"01": _toy_01, "02": _toy_02, "03": _toy_03, "06": _toy_06}
-_PHOTO = {"01": _photo_01, "02": _photo_02, "03": _photo_03, "06": _photo_06}
+_TOY = {"01": _toy_01, "02": _toy_02, "03": _toy_03, "04": _toy_04, "06": _toy_06}
+_PHOTO = {"01": _photo_01, "02": _photo_02, "03": _photo_03, "04": _photo_04, "06": _photo_06}
 
 
 def mask_at(mask, shape: tuple[int, int]) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-CHAPTERS = ["00_toyworld", "01_foundations", "02_iedit", "03_lime", "06_editclip", "07_evaluation"]
+CHAPTERS = ["00_toyworld", "01_foundations", "02_iedit", "03_lime", "04_vimaedit", "06_editclip", "07_evaluation"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
