@@ -298,3 +298,11 @@ def test_p2p_pie_reads_blend_words_given_as_strings_or_lists(toy, items):
     plain = p2p_pie(sd, item.source_prompt, item.target_prompt, item.image, None, steps=STEPS,
                     generator=torch.Generator().manual_seed(0)).images[1]
     assert not np.array_equal(np.asarray(plain), np.asarray(run((src, tgt))))
+
+
+def test_attention_uniformity_is_one_for_uniform_rows_and_lower_for_peaked_ones():
+    from editnb.methods.vimaedit.grounding import attention_uniformity
+
+    assert abs(attention_uniformity(torch.full((4, 4), 0.25)) - 1.0) < 1e-6
+    assert attention_uniformity(torch.eye(4)) < 1e-6
+    assert 0 < attention_uniformity(torch.softmax(torch.eye(4) * 3, -1)) < 1

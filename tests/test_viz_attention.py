@@ -77,3 +77,12 @@ def test_changes_against_draws_where_each_variant_differs_from_the_reference():
     plt.close(fig)
     with pytest.raises(ValueError, match="resize it first"):
         vattn.changes_against(ref, {"small": np.zeros((4, 4, 3), np.uint8)})
+
+
+def test_iou_per_step_draws_the_mean_of_each_method_at_its_steps():
+    ious = {"a": np.array([[0.2, 0.4], [0.4, 0.6]]), "b": np.array([[0.1, 0.1], [0.3, 0.3]])}
+    fig = vattn.iou_per_step(ious, first_step=4, steps=10)
+    lines = fig.axes[0].get_lines()
+    assert list(lines[0].get_xdata()) == [5, 6] and np.allclose(lines[0].get_ydata(), [0.3, 0.5])
+    assert np.allclose(lines[1].get_ydata(), [0.2, 0.2])
+    plt.close(fig)

@@ -248,6 +248,24 @@ def changes_against(reference, images: dict, reference_label: str = "reference",
     return fig
 
 
+def iou_per_step(ious: dict, first_step: int, steps: int, title: str | None = None):
+    """Mean mask IoU per denoising step (a paper's Figure 6a): `ious` maps a method's name to an
+    array (edits, grounded steps), the steps numbered from `first_step` (0-based) out of `steps`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 2.8))
+    for name, v in ious.items():
+        v = np.asarray(v, float)
+        ax.plot(range(first_step + 1, first_step + 1 + v.shape[1]), v.mean(0), marker="o", markersize=3, label=name)
+    ax.set_xlabel(f"denoising step (of {steps})")
+    ax.set_ylabel("IoU with the true mask")
+    ax.set_title(title or f"mask IoU per step, mean of {len(next(iter(ious.values())))} edits", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
     """Interactive explorer (word, step, layer sliders) for cross-attention maps.
 

@@ -45,12 +45,8 @@ def estimate_target_embedding(image_embedding: torch.Tensor, source_text: torch.
 def branch_embeddings(pipe, text_clip: ClipFeatures, image, source_prompt: str, target_prompt: str) -> list[torch.Tensor]:
     """IP-Adapter embeddings for ``editing.dual_branch``: one (2, 1, dim) tensor, row 0 e_I^src
     for the source branch, row 1 the Eq. 7 estimate for the target branch."""
-    if getattr(pipe, "image_encoder", None) is None:
-        raise ValueError("this pipeline has no IP-Adapter: load it with models.load('ip-adapter') "
-                         "(or switch the image-embedding guidance off)")
-    image_embedding, _ = pipe.encode_image(image, execution_device(pipe), 1)
-    texts = text_clip.texts([source_prompt, target_prompt]).to(image_embedding.device, torch.float32)
-    e_src = image_embedding.float()
+    e_src = image_embedding(pipe, image)
+    texts = text_clip.texts([source_prompt, target_prompt]).to(e_src.device, torch.float32)
     e_tgt = estimate_target_embedding(e_src, texts[:1], texts[1:])
     return [torch.cat([e_src, e_tgt])[:, None].to(pipe.unet.dtype)]
 
@@ -73,7 +69,8 @@ def adapter_scale(pipe, scale: float):
 def image_embedding(pipe, image) -> torch.Tensor:
     """e_I: the IP-Adapter image encoder's embedding of `image`, (1, dim), as the adapter was trained."""
     if getattr(pipe, "image_encoder", None) is None:
-        raise ValueError("this pipeline has no IP-Adapter: load it with models.load('ip-adapter')")
+        raise ValueError("this pipeline has no IP-Adapter: load it with models.load('ip-adapter') "
+                         "(or switch the image-embedding guidance off)")
     return pipe.encode_image(image, execution_device(pipe), 1)[0].float()
 
 

@@ -54,6 +54,14 @@ def refine(s0: torch.Tensor, Q: torch.Tensor, gamma: float = 0.5, rounds: int = 
     return out
 
 
+def attention_uniformity(Q: torch.Tensor) -> float:
+    """The mean entropy of Q's rows as a fraction of the uniform row's, log P: 1 when every patch
+    attends to all patches alike (then Eq. 9 only pulls the saliency toward its mean), lower the
+    more Q follows objects.  Q (..., P, P), rows summing to one."""
+    entropy = -(Q.clamp_min(1e-12).log() * Q).sum(-1).mean()
+    return float(entropy / torch.log(torch.tensor(float(Q.shape[-1]))))
+
+
 def cluster_saliency(s0: torch.Tensor, Q: torch.Tensor, clusters: int = 5, seed: int = 0) -> torch.Tensor:
     """DPL-style grounding: KMeans of the patches on their self-attention rows (Q's rows), each
     patch taking the mean initial saliency of its cluster.  s0 (B, P), Q (B, P, P) -> (B, P)."""
