@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, help="data-rendering processes (default: 0 on CPU, up to 8 on CUDA)")
     tr.add_argument("--init", help="continue from the UNet of this pipeline folder (sd, ip2p), e.g. data/models/toy-ip2p")
     tr.add_argument("--ema-decay", type=float, help="EMA decay of the exported weights (default: the recipe's)")
+    tr.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a task option, e.g. --option frozen='[\"time_embedding\"]' (repeatable; values read as JSON)")
 
     bench = sub.add_parser("bench", help="benchmarks in the PIE-Bench format: build, run, tabulate")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=None, help="held-out items per measurement (default: each metric's own)")
     ev.add_argument("--only", nargs="*", help="metrics to compute (default: all)")
     ev.add_argument("--update-cards", action="store_true", help="write the figures into the model cards")
+    ev.add_argument("--matched-ip2p", help="folder of UIP2P's matched InstructPix2Pix retrain, measured beside toy-uip2p")
     return p
 
 
@@ -96,13 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             summary = train(args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             device=args.device, seed=args.seed, work_dir=args.work_dir,
                             out_dir=args.out, export=not args.no_export, workers=args.workers,
-                            ema_decay=args.ema_decay, init=args.init)
+                            ema_decay=args.ema_decay, init=args.init, options=_options(args.option))
             print(f"trained {args.model}: {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min, "
                   f"final loss {summary['final_loss']:.4f}")
         elif args.command == "toy" and args.toy_command == "eval":
             from .toy.evaluate import evaluate, print_table
 
-            results = evaluate(n=args.n, only=args.only, json_path=args.json, update_cards=args.update_cards)
+            results = evaluate(n=args.n, only=args.only, json_path=args.json, update_cards=args.update_cards,
+                               matched_ip2p=args.matched_ip2p)
             print_table(results)
         elif args.command == "bench":
             _bench(args)

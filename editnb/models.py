@@ -65,6 +65,7 @@ _CACHE: dict[tuple, object] = {}
 #: the weight files of the toy models that are not whole diffusers/transformers folders
 IP_ADAPTER_WEIGHTS = "ip-adapter_toy.safetensors"
 IEDIT_WEIGHTS = "iedit_unet_blocks.safetensors"
+UNET_BLOCKS_WEIGHTS = "unet_blocks.safetensors"
 
 
 def models_dir() -> Path:
@@ -193,6 +194,28 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
     return model
 
 
+def load_ip2p_folder(folder, device=None, dtype=None):
+    """An InstructPix2Pix pipeline from a folder of your own (a whole pipeline, or the trained UNet
+    blocks UIP2P's export writes), e.g. a matched retrain that is not in the registry; cached per
+    process like :func:`load`.  Toy pipelines only: the folder's parts are read locally."""
+    import torch
+
+    rt = current()
+    folder = Path(folder)
+    device = torch.device(device) if device is not None else rt.device
+    dtype = dtype or rt.dtype
+    if not ((folder / "unet").is_dir() or (folder / UNET_BLOCKS_WEIGHTS).exists()):
+        raise ValueError(f"{folder} is neither an InstructPix2Pix pipeline folder (unet/) nor a folder of trained UNet "
+                         f"blocks ({UNET_BLOCKS_WEIGHTS}); train one with `editnb toy train ip2p --out FOLDER`")
+    key = ("ip2p-folder", str(folder.resolve()), str(device), str(dtype))
+    if key not in _CACHE:
+        _quiet_loading()
+        from .toy.vocab import guard
+
+        _CACHE[key] = guard(_load_ip2p(str(folder), None, device, dtype, True, "toy"))
+    return _CACHE[key]
+
+
 def _quiet_loading() -> None:
     """No per-file loading bars from diffusers/transformers, and only their errors: notices such
     as the torchvision fallback of image processors clutter the chapters."""
@@ -231,11 +254,49 @@ def _load_sd(source, spec, device, dtype, local_only, profile):
 
 
 def _load_ip2p(source, spec, device, dtype, local_only, profile):
+    if (Path(source) / UNET_BLOCKS_WEIGHTS).exists():
+        return _place_pipeline(ip2p_from_blocks(source, dtype), device, dtype)
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
         source, dtype=dtype, local_files_only=local_only, safety_checker=None, requires_safety_checker=False)
     return _place_pipeline(pipe, device, dtype)
+
+
+def ip2p_from_blocks(folder, dtype=None):
+    """An InstructPix2Pix pipeline from a folder that stores only the UNet blocks a fine-tune
+    trained (``unet_blocks.safetensors``, written by UIP2P's export): toy-sd's VAE, text encoder,
+    tokenizer and scheduler, and an 8-channel UNet whose frozen blocks (named in the file's
+    metadata) are toy-sd's.  Every UNet weight must come from exactly one of the two."""
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .toy import architectures as arch
+
+    path = Path(folder) / UNET_BLOCKS_WEIGHTS
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    frozen = [b for b in meta.get("frozen", "").split(",") if b]
+    sd = _load_sd(str(models_dir() / _spec("sd").toy), None, torch.device("cpu"), torch.float32, True, "toy")
+    unet = arch.new_unet(in_channels=int(meta.get("in_channels", 2 * arch.LATENT_CHANNELS)))
+    state = {k: v for k, v in sd.unet.state_dict().items() if k.split(".", 1)[0] in frozen}
+    trained = load_file(str(path))
+    overlap = sorted(set(state) & set(trained))
+    missing = sorted(set(unet.state_dict()) - set(state) - set(trained))
+    unknown = sorted(set(trained) - set(unet.state_dict()))
+    if overlap or missing or unknown:
+        raise RuntimeError(f"{path} does not fit toy-sd's UNet (frozen {frozen}; keys stored twice {overlap[:3]}, "
+                           f"missing {missing[:3]}, unknown {unknown[:3]}); retrain it with `editnb toy train uip2p`")
+    state.update({k: v.float() for k, v in trained.items()})
+    unet.load_state_dict(state)
+    pipe = StableDiffusionInstructPix2PixPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
+                                                  unet=unet, scheduler=sd.scheduler, safety_checker=None,
+                                                  feature_extractor=None, requires_safety_checker=False)
+    if dtype is not None and dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    return pipe
 
 
 def _load_clip(source, spec, device, dtype, local_only, profile):

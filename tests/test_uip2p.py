@@ -119,6 +119,8 @@ def test_a_training_step_changes_the_unet_and_nothing_frozen_and_reads_no_edited
     after = unet.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert after["conv_in.weight"][:, 4:].abs().sum() > 0  # the image channels learn from ERC
+    kept = [k for k in before if k.startswith(tuple(task.frozen_blocks))]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)  # toy-sd's time embedding stays
     for name, m in task.frozen().items():
         assert all(torch.equal(frozen_before[name][k], v) for k, v in m.state_dict().items()), f"{name} changed"
 
@@ -266,19 +268,61 @@ def test_forward_then_reverse_measures_reconstruction_and_success_per_kind(rando
     assert set(r["success_by_kind"]) == {"recolor", "add"}  # kinds in EDIT_KINDS order, only those present
 
 
-def test_export_links_the_parts_erc_did_not_train_to_toy_sd(tmp_path):
-    import shutil
+def test_magicbrush_multi_turn_edits_the_models_own_previous_output(monkeypatch):
+    from editnb.methods.uip2p import toy_eval
 
-    from editnb.methods.uip2p.task import link_toy_sd_parts
+    seen = []
+
+    def fake_edit(pipe, images, instructions, steps, seed, batch_size):
+        seen.append([np.asarray(im).copy() for im in images])
+        return [np.clip(np.asarray(im, np.int16) + 10, 0, 255).astype(np.uint8) for im in images]
+
+    monkeypatch.setattr(toy_eval, "_edit", fake_edit)
+    multi = toy_eval.magicbrush_scores(None, "multi", n=6, steps=1)  # two chains of three turns
+    assert [len(batch) for batch in seen] == [2, 2, 2]
+    for before, after in zip(seen, seen[1:]):  # turn t+1 starts from turn t's output, not its ground truth
+        assert all(np.array_equal(np.clip(b.astype(np.int16) + 10, 0, 255), a) for b, a in zip(before, after))
+    single = toy_eval.magicbrush_scores(None, "single", n=3, steps=1)
+    assert {"L1", "L2", "CLIP-I", "CLIP-T", "toy-DINO"} <= set(single) and 0 < multi["L1"] < 1
+
+
+def test_export_stores_the_trained_blocks_once_and_loads_back_on_toy_sds_parts(task, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from editnb.models import UNET_BLOCKS_WEIGHTS, ip2p_from_blocks
+
+    unet = task.trainable()
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] = 0.25  # a trained-looking image channel
+    task.export(unet, tmp_path / "toy-uip2p")
+    stored = load_file(str(tmp_path / "toy-uip2p" / UNET_BLOCKS_WEIGHTS))
+    assert stored and not any(k.startswith("time_embedding") for k in stored)
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    pipe = ip2p_from_blocks(tmp_path / "toy-uip2p")
+    loaded, sd = pipe.unet.state_dict(), task_sd_unet().state_dict()
+    assert loaded.keys() == unet.state_dict().keys() and pipe.unet.config.in_channels == 8
+    assert all(torch.equal(loaded[k], sd[k].float()) for k in loaded if k.startswith("time_embedding"))
+    assert torch.equal(loaded["conv_in.weight"], unet.conv_in.weight.detach().half().float())
+    stored.pop("conv_in.weight")  # a file that no longer covers the UNet is refused, naming the key
+    save_file(stored, str(tmp_path / "toy-uip2p" / UNET_BLOCKS_WEIGHTS), metadata={"frozen": "time_embedding"})
+    with pytest.raises(RuntimeError, match="conv_in.weight"):
+        ip2p_from_blocks(tmp_path / "toy-uip2p")
+
+
+def task_sd_unet():
+    from diffusers import UNet2DConditionModel
+
     from editnb.models import models_dir
 
-    root = tmp_path / "models"
-    for name in ("toy-sd", "toy-vae", "toy-clip"):  # toy-sd's parts link into toy-vae and toy-clip
-        shutil.copytree(models_dir() / name, root / name, symlinks=True)
-    out = root / "toy-uip2p"
-    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        shutil.copytree(root / "toy-sd" / part, out / part)  # resolves the links: real copies
-    (out / "scheduler" / "scheduler_config.json").write_text('{"beta_end": 0.02}')  # a part that differs
-    assert sorted(link_toy_sd_parts(out, root)) == ["text_encoder", "tokenizer", "vae"]
-    assert (out / "vae").is_symlink() and not (out / "scheduler").is_symlink()
-    assert (out / "vae" / "diffusion_pytorch_model.safetensors").exists()  # the relative link resolves
+    return UNet2DConditionModel.from_pretrained(str(models_dir() / "toy-sd"), subfolder="unet")
+
+
+def test_freezing_names_real_blocks_and_the_matched_ip2p_freezes_the_same():
+    from editnb.toy.tasks import IP2PTask, freeze_blocks
+    from editnb.toy.train import recipe_for
+
+    ip2p = IP2PTask("cpu", recipe_for("ip2p", batch_size=2), 0, frozen=task_recipe().options["frozen"])
+    assert not any(p.requires_grad for p in ip2p.unet.time_embedding.parameters())
+    assert all(p.requires_grad for p in ip2p.unet.conv_in.parameters())
+    with pytest.raises(ValueError, match="no block.*time_embeding"):
+        freeze_blocks(ip2p.unet, ["time_embeding"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import diffusion
 from ..attention.words import word_tokens
+from ..models import load_ip2p_folder
 from .registry import register
 from .p2p import prompt_to_prompt
 
@@ -16,9 +17,11 @@ def run_sdedit(ctx, item, generator, steps, strength: float = 0.6, guidance: flo
 
 
 @register("ip2p", needs=("instruction",), models=("ip2p",))
-def run_ip2p(ctx, item, generator, steps, text_guidance: float = 7.5, image_guidance: float = 1.5):
-    """InstructPix2Pix (Brooks et al. 2023) with s_T = 7.5, s_I = 1.5."""
-    pipe = ctx.model("ip2p")
+def run_ip2p(ctx, item, generator, steps, text_guidance: float = 7.5, image_guidance: float = 1.5,
+             pipeline: str | None = None):
+    """InstructPix2Pix (Brooks et al. 2023) with s_T = 7.5, s_I = 1.5; ``pipeline`` names a folder
+    of your own weights (e.g. UIP2P's matched retrain) instead of the registry's 'ip2p'."""
+    pipe = ctx.model("ip2p") if pipeline is None else load_ip2p_folder(pipeline)
     return diffusion.instruct_pix2pix(pipe, item.image, item.instruction, text_guidance=text_guidance,
                                       image_guidance=image_guidance, steps=steps, generator=generator).image
 

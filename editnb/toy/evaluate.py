@@ -260,12 +260,13 @@ def editclip_scores(n: int = 36) -> dict:
     return toy_figures(n_edits=n, steps=SAMPLING["steps"])
 
 
-def uip2p_scores(n: int = 36) -> dict:
-    """UIP2P: forward-then-reverse reconstruction and oracle edit success per kind of toy-uip2p vs its
-    untrained initialisation on `n` held-out edits; see editnb.methods.uip2p.toy_eval."""
+def uip2p_scores(n: int = 36, matched_ip2p: str | None = None) -> dict:
+    """UIP2P: forward-then-reverse reconstruction, oracle edit success per kind and toy MagicBrush
+    metrics of toy-uip2p vs its untrained initialisation (and the matched InstructPix2Pix in the
+    folder `matched_ip2p`) on `n` held-out edits; see editnb.methods.uip2p.toy_eval."""
     from ..methods.uip2p.toy_eval import toy_figures
 
-    return toy_figures(n=n, steps=SAMPLING["steps"], device=str(DEVICE))
+    return toy_figures(n=n, steps=SAMPLING["steps"], matched_ip2p=matched_ip2p, device=str(DEVICE))
 
 
 METRICS = {
@@ -279,7 +280,7 @@ METRICS = {
     "clipseg": lambda n: clipseg_scores(n or 200),
     "iedit": lambda n: iedit_scores(n or 15),
     "editclip": lambda n: editclip_scores(n or 36),
-    "uip2p": lambda n: uip2p_scores(n or 36),
+    "uip2p": lambda n, matched_ip2p=None: uip2p_scores(n or 36, matched_ip2p),
 }
 CARD_KEYS = {
     "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
@@ -293,12 +294,15 @@ CARD_KEYS = {
                           "editclip_success_by_kind"],
     "toy-uip2p": ["uip2p_recon_mae", "uip2p_recon_mae_untrained", "uip2p_recon_mae_ip2p_matched", "uip2p_recon_scene",
                   "uip2p_recon_scene_untrained", "uip2p_recon_scene_ip2p_matched", "uip2p_success",
-                  "uip2p_success_untrained", "uip2p_success_ip2p_matched", "uip2p_success_by_kind"],
+                  "uip2p_success_untrained", "uip2p_success_ip2p_matched", "uip2p_success_by_kind",
+                  "uip2p_success_by_kind_ip2p_matched", "uip2p_magicbrush", "uip2p_magicbrush_ip2p_matched"],
 }
 
 
-def evaluate(n: int | None = None, only=None, json_path: str | None = None, update_cards: bool = False) -> dict:
-    """Compute the metrics (all, or those in `only`), optionally write JSON and model cards."""
+def evaluate(n: int | None = None, only=None, json_path: str | None = None, update_cards: bool = False,
+             matched_ip2p: str | None = None) -> dict:
+    """Compute the metrics (all, or those in `only`), optionally write JSON and model cards.
+    `matched_ip2p`: the folder of UIP2P's matched InstructPix2Pix, measured beside toy-uip2p."""
     names = list(only) if only else list(METRICS)
     unknown = [m for m in names if m not in METRICS]
     if unknown:
@@ -307,7 +311,7 @@ def evaluate(n: int | None = None, only=None, json_path: str | None = None, upda
     results: dict = {}
     t0 = time.time()
     for name in names:
-        results.update(METRICS[name](n))
+        results.update(METRICS[name](n, matched_ip2p) if name == "uip2p" else METRICS[name](n))
     results["eval_seconds"] = round(time.time() - t0, 1)
     results["sampling"] = dict(SAMPLING)
     if json_path:

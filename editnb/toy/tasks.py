@@ -234,18 +234,37 @@ def ip2p_unet_from_sd(sd_unet=None):
     return unet
 
 
+def freeze_blocks(unet, blocks) -> list[str]:
+    """Keep the named top-level blocks of `unet` (e.g. ``["time_embedding"]``) at their initial
+    weights: no gradient, so the optimiser never moves them.  Returns the frozen state-dict keys;
+    a name the UNet lacks is refused with the names it has."""
+    blocks = list(blocks or ())
+    children = dict(unet.named_children())
+    unknown = [b for b in blocks if b not in children]
+    if unknown:
+        raise ValueError(f"the UNet has no block {unknown}; its top-level blocks are {sorted(children)}")
+    for b in blocks:
+        children[b].requires_grad_(False)
+    return [k for k in unet.state_dict() if k.split(".", 1)[0] in blocks]
+
+
 class IP2PTask(SDTask):
     """InstructPix2Pix (Brooks et al. 2023): the UNet sees [noisy target latent, source latent]
-    and the instruction; 5% text dropped, 5% image dropped, 5% both (their Sec. 3.2.1)."""
+    and the instruction; 5% text dropped, 5% image dropped, 5% both (their Sec. 3.2.1).
+
+    ``frozen`` names UNet blocks kept at toy-sd's weights (none by default); the matched baseline
+    of UIP2P freezes what UIP2P freezes (``--option frozen='["time_embedding"]'``)."""
 
     name = "ip2p"
     dropout = 0.05
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
 
-    def __init__(self, device, recipe, seed):
+    def __init__(self, device, recipe, seed, frozen=()):
         super().__init__(device, recipe, seed)
         if self.unet.config.in_channels == arch.LATENT_CHANNELS:  # --init data/models/toy-sd: widen it as new_unet does
             self.unet = ip2p_unet_from_sd(self.unet).to(device)
+        self.frozen = list(frozen)
+        freeze_blocks(self.unet, self.frozen)
 
     def new_unet(self):
         return ip2p_unet_from_sd()

@@ -13,4 +13,4 @@ CARD_DESCRIPTIONS.setdefault(
     "instead of text; noise loss + lambda_2 x toy-LPIPS input preservation.  Only the UNet and the projection are "
     "stored; the other parts link to toy-ip2p's.  The shipped run used lambda_2 = 0.05 for 1174 steps, then 0 for the last "
     "300: with toy-LPIPS, 0.05 x the preservation loss outweighs the noise loss about 6:1, and the lambda_2 = 0.05 "
-    "continuation returns the query unedited (lambda2_ablation.json: outputs and measures of the three continuations).")
+    "continuation returns the query unedited (data/ablations/editclip-lambda2: outputs and measures of the three continuations).")

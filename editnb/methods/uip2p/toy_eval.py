@@ -43,15 +43,11 @@ def initial_pipeline(device="cpu"):
 
 
 def pipeline_from(folder, device="cpu"):
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    """An InstructPix2Pix pipeline in fp32 from a whole pipeline folder (the matched IP2P) or a
+    folder of trained UNet blocks (toy-uip2p): :func:`editnb.models.load_ip2p_folder`."""
+    from ...models import load_ip2p_folder
 
-    if not (Path(folder) / "unet").is_dir():
-        raise ValueError(f"{folder} is not an InstructPix2Pix pipeline folder (no unet/); train one with "
-                         "`editnb toy train uip2p` or `editnb toy train ip2p --out FOLDER`")
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(folder), dtype=torch.float32, safety_checker=None,
-                                                                  requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return load_ip2p_folder(folder, device=device, dtype=torch.float32)
 
 
 def _edit(pipe, images, instructions, steps, seed, batch_size):
@@ -82,8 +78,39 @@ def forward_reverse(pipe, edits, steps: int = 25, seed: int = 0, batch_size: int
     }
 
 
+def magicbrush_scores(pipe, split: str = "single", n: int = 36, steps: int = 25, seed: int = 0,
+                      batch_size: int = 32, root: str | Path | None = None) -> dict:
+    """MagicBrush's metrics (supplement Table 3: L1, L2, CLIP-I, DINO, CLIP-T; toy-clip and toy-DINO
+    on the toy profile) of `pipe` on the toy MagicBrush split: the first `n` single-turn items, or
+    the first `n` turns of the multi-turn chains, where every turn edits the model's own previous
+    output ("target images are iteratively edited from the initial source images") and is compared
+    with that turn's ground truth.  Means over the outputs."""
+    from ... import metrics
+    from ...bench.data import load_toy_magicbrush
+    from ...runtime import data_dir
+
+    root = Path(root) if root else data_dir() / "bench" / "toy-magicbrush"
+    items = load_toy_magicbrush(root, split)[:n]
+    chains: dict[str, list] = {}
+    for it in items:  # multi-turn ids are CHAIN_TURN; single-turn items are chains of one
+        chains.setdefault(it.id.rsplit("_", 1)[0] if split == "multi" else it.id, []).append(it)
+    outputs: dict[str, np.ndarray] = {}
+    current = {c: np.asarray(turns[0].image) for c, turns in chains.items()}
+    for t in range(max(len(turns) for turns in chains.values())):
+        live = [c for c, turns in chains.items() if len(turns) > t]
+        edited = _edit(pipe, [current[c] for c in live], [chains[c][t].instruction for c in live], steps,
+                       seed + 1000 * t, batch_size)
+        for c, out in zip(live, edited):
+            outputs[chains[c][t].id], current[c] = out, out
+    features = metrics.clip_features("clip-b32")
+    rows = [metrics.magicbrush_metrics(features, outputs[it.id], np.asarray(it.target_image), it.target_prompt)
+            for it in items]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = None, device="cpu") -> dict:
-    """``editnb toy eval --only uip2p``: the figures above on `n` test edits (all kinds in turn) for
+    """``editnb toy eval --only uip2p [--matched-ip2p FOLDER]``: the figures above on `n` test edits
+    (all kinds in turn), and MagicBrush's metrics on `n` toy MagicBrush items of each split, for
     toy-uip2p, its untrained initialisation and (when `matched_ip2p` names its folder) the matched
     InstructPix2Pix."""
     from ...models import toy_path
@@ -98,5 +125,7 @@ def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = 
         suffix = "" if name == "uip2p" else f"_{name}"
         out.update({f"uip2p_recon_mae{suffix}": r["recon_mae"], f"uip2p_recon_psnr{suffix}": r["recon_psnr"],
                     f"uip2p_recon_scene{suffix}": r["recon_scene"], f"uip2p_success{suffix}": r["success"],
-                    f"uip2p_success_by_kind{suffix}": r["success_by_kind"]})
+                    f"uip2p_success_by_kind{suffix}": r["success_by_kind"],
+                    f"uip2p_magicbrush{suffix}": {split: magicbrush_scores(pipe, split, n, steps)
+                                                  for split in ("single", "multi")}})
     return out
