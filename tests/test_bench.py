@@ -184,3 +184,39 @@ def test_rescore_recomputes_rows_from_the_saved_images_without_running_the_metho
     assert summary["items"] == 2
     with pytest.raises(ValueError, match="no benchmark rows"):
         R.rescore(tmp_path / "empty", data=pie_fixture)
+
+
+def test_toy_pie_trials_read_each_methods_output_and_the_items_edit(tmp_path):
+    from PIL import Image
+
+    from editnb.bench.data import load_pie_bench
+    from editnb.runtime import data_dir
+    from editnb.viz.study import toy_pie_trials
+
+    items = load_pie_bench(data_dir() / "bench" / "toy-pie")[:2]
+    for m, value in (("a", 10), ("b", 200)):
+        (tmp_path / m / "images").mkdir(parents=True)
+        for it in items:
+            Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(tmp_path / m / "images" / f"{it.id}.png")
+    trials = toy_pie_trials(items, tmp_path, ("a", "b"))
+    assert [t.instruction for t in trials] == [it.instruction for it in items]
+    assert all(t.outputs["a"].max() == 10 and t.outputs["b"].min() == 200 for t in trials)
+    assert np.array_equal(trials[0].source, np.asarray(items[0].image))  # the Edit behind the item is the item's
+    with pytest.raises(FileNotFoundError, match="editnb bench run --method c"):
+        toy_pie_trials(items, tmp_path, ("a", "c"))
+
+
+def test_agreement_says_where_the_toy_follows_or_reverses_the_paper():
+    import pandas as pd
+
+    from editnb.methods.tables import agreement, better
+
+    cols = ["PSNR ↑", "MSE ↓"]
+    paper = pd.DataFrame({"PSNR ↑": [20.0, 25.0], "MSE ↓": [3.0, 1.0]}, index=["base", "ours"])
+    toy = pd.DataFrame({"PSNR ↑": [30.0, 31.0], "MSE ↓": [1.0, 2.0]}, index=["base", "ours"])
+    v = agreement(paper, toy, baseline="base")
+    assert v.loc["ours"].tolist() == ["follows", "reversed"] and list(v.columns) == cols
+    paper.loc["ours", "MSE ↓"] = float("nan")
+    assert agreement(paper, toy, baseline="base").loc["ours", "MSE ↓"] == "missing"
+    with pytest.raises(ValueError, match="↑ or ↓"):
+        better("PSNR", 1, 2)

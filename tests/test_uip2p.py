@@ -142,6 +142,20 @@ def test_erc_step_outputs_and_attention_maps_stay_in_the_graph(task):
                  b.edited_captions, torch.Generator())
 
 
+def test_erc_step_takes_chosen_noise_levels_and_refuses_ones_off_the_schedule(task):
+    from editnb.methods.uip2p import erc_step
+
+    b = reversible_batch(0, 2)
+    args = (task.models, b.images, b.instructions, b.reverse_instructions, b.input_captions, b.edited_captions)
+    with torch.no_grad():
+        _, out = erc_step(*args, torch.Generator().manual_seed(1), dropout=0.0, t=850, t_hat=[10, 20])
+        _, drawn = erc_step(*args, torch.Generator().manual_seed(1), dropout=0.0)
+    assert out.t.tolist() == [850, 850] and out.t_hat.tolist() == [10, 20]
+    assert drawn.t.tolist() != [850, 850]  # without them, t is drawn
+    with pytest.raises(ValueError, match=r"\[0, 999\]"):
+        erc_step(*args, torch.Generator(), t=1000)
+
+
 def test_the_guard_raises_when_the_edited_image_or_its_mask_is_touched():
     item = ReverseInstructionDataset("train")[5]
     for name in ("edited_image", "target", "mask", "changed", "reverse"):

@@ -135,6 +135,32 @@ class PairwiseStudy:
         return W.VBox([out, W.HBox(buttons), board])
 
 
+def toy_pie_trials(items, results, methods) -> list[Trial]:
+    """Trials from committed toy-pie runs: for each toy-pie item (``editnb.bench.load_pie_bench``),
+    the input, the instruction and each method's output read from ``results/METHOD/images``, with
+    the ToyWorld Edit the item was made from as context (for :func:`oracle_voter`)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ..bench.data import TOY_TYPES
+    from ..toy import world
+
+    kinds = {v: k for k, v in TOY_TYPES.items()}
+    trials = []
+    for it in items:
+        e = world.edit_for("test", int(it.id[1:]), kinds[it.editing_type])
+        outputs = {}
+        for m in methods:
+            path = Path(results) / m / "images" / f"{it.id}.png"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run `editnb bench run --method {m} --out {Path(results) / m}`")
+            with Image.open(path) as im:
+                outputs[m] = np.asarray(im.convert("RGB"))
+        trials.append(Trial(e.source_image(), e.instruction, outputs, context=e))
+    return trials
+
+
 def oracle_voter(trial: Trial, a: str, b: str):
     """A scripted judge for ToyWorld trials (``trial.context`` is the Edit): prefer the output
     the oracle reads as the target scene; between equals, the one that preserves more outside the

@@ -127,19 +127,30 @@ def edit_pass(models: ERCModels, noisy: torch.Tensor, t: torch.Tensor, image_lat
     return eps, instruction_map(store, words)
 
 
-def _timesteps(n: int, generator, scheduler, max_timestep: int | None, device) -> torch.Tensor:
+def _timesteps(n: int, generator, scheduler, max_timestep: int | None, device, given=None) -> torch.Tensor:
+    """`n` training timesteps: uniform below `max_timestep` (default: the whole schedule), or the
+    `given` one(s) (an int or one per item), checked against the schedule.  The draw happens either
+    way, so fixing t does not shift the noise that follows."""
     high = scheduler.config.num_train_timesteps if max_timestep is None else int(max_timestep)
-    return torch.randint(0, high, (n,), generator=generator).to(device)
+    drawn = torch.randint(0, high, (n,), generator=generator)
+    if given is None:
+        return drawn.to(device)
+    t = torch.as_tensor(given, dtype=torch.long).reshape(-1).expand(n) if torch.as_tensor(given).numel() == 1 \
+        else torch.as_tensor(given, dtype=torch.long)
+    total = scheduler.config.num_train_timesteps
+    if t.shape != (n,) or (t < 0).any() or (t >= total).any():
+        raise ValueError(f"timesteps must be one int or {n} ints in [0, {total - 1}], got {given!r}")
+    return t.clone().to(device)
 
 
 def erc_step(models: ERCModels, images: torch.Tensor, instructions, reverse_instructions, input_captions,
              edited_captions, generator: torch.Generator, weights: dict | None = None, dropout: float = DROPOUT,
-             max_timestep: int | None = None) -> tuple[ERCLoss, ERCOutputs]:
+             max_timestep: int | None = None, t=None, t_hat=None) -> tuple[ERCLoss, ERCOutputs]:
     """One pass of Algorithm 1 on a batch of input images (B, 3, H, W) in [-1, 1] with their
     forward and reverse instructions and captions; returns the ERC loss terms and the outputs.
 
     t and t-hat are drawn independently, uniformly over the training schedule (or below
-    `max_timestep`).  With probability `dropout` each, an item's instructions, its conditioning
+    `max_timestep`), unless given (to look at one step at chosen noise levels, as chapter 05 does).  With probability `dropout` each, an item's instructions, its conditioning
     image, or both are dropped (the same draw in both passes), as InstructPix2Pix trains, so that
     its dual guidance works at inference; with the text dropped the item has no instruction words
     and its maps are zero in both passes."""
@@ -166,14 +177,14 @@ def erc_step(models: ERCModels, images: torch.Tensor, instructions, reverse_inst
     reverse_states, reverse_words = encode_texts(models, reverse_texts)
 
     # forward process (lines 2-4)
-    t = _timesteps(n, generator, models.scheduler, max_timestep, device)
+    t = _timesteps(n, generator, models.scheduler, max_timestep, device, given=t)
     noise = torch.randn(z_input.shape, generator=generator).to(device)
     z_t = models.scheduler.add_noise(z_input, noise, t)
     eps_f, attn_f = edit_pass(models, z_t, t, input_mode * keep_image, forward_states, forward_words)
     z_edited = x0_estimate(models.scheduler, z_t, eps_f, t)
 
     # reverse process (lines 6-8), conditioned on the edited image
-    t_hat = _timesteps(n, generator, models.scheduler, max_timestep, device)
+    t_hat = _timesteps(n, generator, models.scheduler, max_timestep, device, given=t_hat)
     noise_hat = torch.randn(z_input.shape, generator=generator).to(device)
     z_t_hat = models.scheduler.add_noise(z_edited, noise_hat, t_hat)
     eps_r, attn_r = edit_pass(models, z_t_hat, t_hat, z_edited / sf * keep_image, reverse_states, reverse_words)

@@ -10,6 +10,7 @@ batch size, supervised by the edited images UIP2P never sees.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,18 @@ RECIPES = {
                     options={"weights": dict(DEFAULT_WEIGHTS), "dropout": DROPOUT, "max_timestep": None,
                              "frozen": list(FROZEN)}),
 }
+
+
+def matched_ip2p_command(out: str = ".editnb-train/ip2p-matched") -> str:
+    """The command that trains UIP2P's matched InstructPix2Pix: toy-ip2p's task from the same start,
+    with every setting of the shipped UIP2P recipe (steps, batch, lr, EMA, frozen blocks)."""
+    r = RECIPES["uip2p"]
+    frozen = json.dumps(r.options["frozen"])
+    return (f"editnb toy train ip2p --steps {r.steps} --batch-size {r.batch_size} --lr {r.lr:g} --ema-decay {r.ema_decay:g} "
+            f"--option frozen='{frozen}' --out {out}")
+
+
+MATCHED_IP2P_COMMAND = matched_ip2p_command()
 
 
 class UIP2PTask:

@@ -11,6 +11,8 @@ those cells as missing rather than guessing them.
 """
 from __future__ import annotations
 
+from .. import tables
+
 #: the columns, in the paper's order (the same quantities as ``editnb.bench.runner.COLUMNS``)
 COLUMNS = ("Structure dist. x10^3 ↓", "BG PSNR ↑", "BG LPIPS x10^3 ↓", "BG MSE x10^4 ↓", "BG SSIM x10^2 ↑",
            "CLIP whole ↑", "CLIP edited ↑")
@@ -62,27 +64,7 @@ def table(rows: dict):
                                   orient="index", columns=list(COLUMNS))
 
 
-def better(column: str, a: float, b: float) -> bool:
-    """Is `a` better than `b` in `column` (the arrow in its name says which way)?"""
-    return a > b if column.endswith("↑") else a < b
-
-
-def agreement(paper, toy, baseline: str, rows=None) -> "object":
-    """Where the toy follows the paper: for each row (other than `baseline`) and column, "follows" if
-    the row beats (or loses to) the baseline in both tables, "reversed" if the toy says the opposite,
-    "missing" where the paper's figure is lost.  `paper` and `toy` are DataFrames with the same
-    columns, indexed by the same row names."""
-    import pandas as pd
-
-    rows = [r for r in (rows or toy.index) if r != baseline]
-    verdicts = {}
-    for r in rows:
-        verdicts[r] = {}
-        for c in COLUMNS:
-            p, q = paper.loc[r, c], paper.loc[baseline, c]
-            if pd.isna(p) or pd.isna(q):
-                verdicts[r][c] = "missing"
-            else:
-                verdicts[r][c] = "follows" if better(c, p, q) == better(c, toy.loc[r, c], toy.loc[baseline, c]) \
-                    else "reversed"
-    return pd.DataFrame.from_dict(verdicts, orient="index")
+def agreement(paper, toy, baseline: str, rows=None):
+    """Where the toy follows the paper, column by column (:func:`editnb.methods.tables.agreement`
+    over this table's columns)."""
+    return tables.agreement(paper, toy, baseline, rows, columns=COLUMNS)
