@@ -46,7 +46,7 @@ def test_all_folders_load_with_the_standard_classes():
     changed = [k for k, v in iedit.unet.state_dict().items() if not torch.equal(v, base.unet.state_dict()[k])]
     assert changed and all(k.startswith(("conv_in", "time_embedding", "down_blocks", "mid_block")) for k in changed)
     assert (D / "eval.json").exists()
-    for name in ("toy-vae", "toy-clip", "toy-sd", "toy-ip2p", "toy-ip-adapter", "toy-clipseg", "toy-iedit"):
+    for name in ("toy-vae", "toy-clip", "toy-sd", "toy-ip2p", "toy-ip-adapter", "toy-clipseg", "toy-iedit", "toy-uip2p"):
         assert "wall time" in (D / name / "README.md").read_text()
 
 

@@ -258,8 +258,13 @@ def plot(df):
 
     metric_cols = [label for _, label in COLUMNS]
     colours = plt.cm.tab10.colors
-    fig, axes = plt.subplots(1, len(metric_cols), figsize=(2.1 * len(metric_cols), 2.6))
-    for ax, col in zip(axes, metric_cols):
+    ncols = 4  # two rows of panels, each wide enough for one upright label per method
+    nrows = -(-len(metric_cols) // ncols)
+    width = max(2.3, 0.26 * len(df))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(metric_cols):]:
+        ax.axis("off")
+    for ax, col in zip(axes.flat, metric_cols):
         values = df[col].to_numpy(dtype=float)
         best = int(values.argmax() if col.endswith("↑") else values.argmin())
         for k, v in enumerate(values):
@@ -271,7 +276,7 @@ def plot(df):
         ax.set_xlim(-0.6, len(values) - 0.4)
         ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(range(len(df)))
-        ax.set_xticklabels(df.index, rotation=45, fontsize=7)
+        ax.set_xticklabels(df.index, rotation=90, fontsize=7)
         ax.set_title(col, fontsize=7)
         ax.set_xlabel(f"best: {df.index[best]}", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
