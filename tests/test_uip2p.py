@@ -156,6 +156,31 @@ def test_erc_step_takes_chosen_noise_levels_and_refuses_ones_off_the_schedule(ta
         erc_step(*args, torch.Generator(), t=1000)
 
 
+def test_items_without_their_instruction_train_reconstruction_only(task):
+    from editnb.methods.uip2p import erc_step
+
+    b = reversible_batch(0, 2)
+    args = (task.models, b.images, b.instructions, b.reverse_instructions, b.input_captions, b.edited_captions)
+    with torch.no_grad():  # dropout 0.3: a draw of 0.25 and one of 0.7 (seeded): text dropped, then kept
+        gen = torch.Generator().manual_seed(0)
+        draws = torch.rand(2, generator=torch.Generator().manual_seed(0))
+        terms, out = erc_step(*args, gen, dropout=0.3, t=500, t_hat=300)
+    dropped = draws < 0.6
+    assert dropped.any() and not dropped.all(), draws
+    assert (out.forward_attention[dropped] == 0).all()  # no instruction words, no instruction map
+    with torch.no_grad():  # the CLIP terms are those of the kept item alone
+        k = int((~dropped).nonzero()[0])
+        alone = uip2p_losses().clip_directional_loss(task.models.features, b.images[k:k + 1], out.edited[k:k + 1],
+                                                     b.input_captions[k:k + 1], b.edited_captions[k:k + 1])
+    assert torch.allclose(terms.clip, alone, atol=1e-5)
+
+
+def uip2p_losses():
+    from editnb.methods.uip2p import losses
+
+    return losses
+
+
 def test_the_guard_raises_when_the_edited_image_or_its_mask_is_touched():
     item = ReverseInstructionDataset("train")[5]
     for name in ("edited_image", "target", "mask", "changed", "reverse"):
@@ -340,3 +365,16 @@ def test_freezing_names_real_blocks_and_the_matched_ip2p_freezes_the_same():
     assert all(p.requires_grad for p in ip2p.unet.conv_in.parameters())
     with pytest.raises(ValueError, match="no block.*time_embeding"):
         freeze_blocks(ip2p.unet, ["time_embeding"])
+
+
+def test_shipped_toy_uip2p_reconstructs_the_input_better_than_its_untrained_start():
+    """The point of ERC, measured on held-out edits of every kind: reverse(forward(input)) with
+    toy-uip2p is closer to the input than with the start it was trained from (which ignores the
+    input image and draws the instruction's words)."""
+    from editnb.methods.uip2p.toy_eval import forward_reverse, initial_pipeline, pipeline_from
+    from editnb.models import toy_path
+
+    edits = [world.edit_for("test", 200 + i, world.EDIT_KINDS[i % len(world.EDIT_KINDS)]) for i in range(12)]
+    trained = forward_reverse(pipeline_from(toy_path("uip2p")), edits, steps=10)
+    start = forward_reverse(initial_pipeline(), edits, steps=10)
+    assert trained["recon_mae"] < start["recon_mae"] - RECON_MARGIN, (trained["recon_mae"], start["recon_mae"])

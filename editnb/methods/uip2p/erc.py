@@ -150,10 +150,12 @@ def erc_step(models: ERCModels, images: torch.Tensor, instructions, reverse_inst
     forward and reverse instructions and captions; returns the ERC loss terms and the outputs.
 
     t and t-hat are drawn independently, uniformly over the training schedule (or below
-    `max_timestep`), unless given (to look at one step at chosen noise levels, as chapter 05 does).  With probability `dropout` each, an item's instructions, its conditioning
-    image, or both are dropped (the same draw in both passes), as InstructPix2Pix trains, so that
-    its dual guidance works at inference; with the text dropped the item has no instruction words
-    and its maps are zero in both passes."""
+    `max_timestep`), unless given (to look at one step at chosen noise levels, as chapter 05
+    does).  With probability `dropout` each, an item's instructions, its conditioning image, or
+    both are dropped (the same draw in both passes), as InstructPix2Pix trains, so that
+    its dual guidance works at inference; with the text dropped the item has no instruction words,
+    its maps are zero in both passes, and it is left out of L_CLIP and L_sim (no instruction asks
+    for no edit), so only L_recon trains it."""
     n = images.shape[0]
     for name, texts in (("instructions", instructions), ("reverse_instructions", reverse_instructions),
                         ("input_captions", input_captions), ("edited_captions", edited_captions)):
@@ -193,8 +195,17 @@ def erc_step(models: ERCModels, images: torch.Tensor, instructions, reverse_inst
     # line 10: pixels through the frozen decoder, then the four terms
     edited = models.vae.decode(z_edited / sf).sample
     reconstructed = models.vae.decode(z_reconstructed / sf).sample
-    terms = erc_loss(clip_directional_loss(models.features, images, edited, input_captions, edited_captions),
-                     reconstruction_loss(reconstructed, images),
-                     similarity_loss(models.features, edited, edited_captions),
+    # L_CLIP and L_sim ask for the edit the instruction names: only items that kept their
+    # instruction.  With the instruction dropped the model should leave the input as it is (what
+    # InstructPix2Pix's text-unconditional branch learns), so those items train L_recon alone.
+    edits = [k for k, d in enumerate(drop_text.tolist()) if not d]
+    if edits:
+        sel = torch.tensor(edits, device=device)
+        clip_term = clip_directional_loss(models.features, images[sel], edited[sel], [input_captions[k] for k in edits],
+                                          [edited_captions[k] for k in edits])
+        sim_term = similarity_loss(models.features, edited[sel], [edited_captions[k] for k in edits])
+    else:
+        clip_term = sim_term = edited.sum() * 0.0  # keeps the graph
+    terms = erc_loss(clip_term, reconstruction_loss(reconstructed, images), sim_term,
                      attention_consistency_loss(attn_f, attn_r), weights)
     return terms, ERCOutputs(z_edited, z_reconstructed, edited, reconstructed, attn_f, attn_r, t, t_hat)
