@@ -6,10 +6,13 @@ weighted sum.  Images are tensors (B, 3, H, W) in [-1, 1]; CLIP is a frozen
             + w_sim L_sim(I_e, T_e) + w_attn L_attn(A_f, A_r)
 
 The supplement gives no weights (the main paper's are not in our copy); :data:`DEFAULT_WEIGHTS`
-are ours.  From toy-sd on ToyWorld the terms start at about L_CLIP 0.7, L_recon 0.4, L_sim 0.6 and
-L_attn 0.005 (the two passes of one UNet attend alike at first), so L_attn gets weight 10 to count
-once the passes drift apart, and L_sim half weight: it is the term that can pull the edited image
-away from the input without regard for the direction of the edit.
+are ours.  From toy-sd on ToyWorld the terms start at about L_CLIP 0.7, L_recon 0.05-0.3, L_sim 0.6
+and L_attn 0.005 (the two passes of one UNet attend alike at first).  L_recon (L1 on [-1, 1] pixels)
+gets weight 10 so that reversibility counts as much as the CLIP terms: the UNet must first learn to
+carry the input through its image channels, and the CLIP terms, which a small CLIP can satisfy with
+texture, must not outweigh it.  L_attn gets weight 10 to count once the two passes drift apart, and
+L_sim half weight: it is the term that can pull the edited image away from the input without regard
+for the direction of the edit.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WEIGHTS = {"clip": 1.0, "recon": 1.0, "sim": 0.5, "attn": 10.0}
+DEFAULT_WEIGHTS = {"clip": 1.0, "recon": 10.0, "sim": 0.5, "attn": 10.0}
 _EPS = 1e-6
 
 
