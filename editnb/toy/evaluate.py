@@ -295,7 +295,8 @@ CARD_KEYS = {
     "toy-uip2p": ["uip2p_recon_mae", "uip2p_recon_mae_untrained", "uip2p_recon_mae_ip2p_matched", "uip2p_recon_scene",
                   "uip2p_recon_scene_untrained", "uip2p_recon_scene_ip2p_matched", "uip2p_success",
                   "uip2p_success_untrained", "uip2p_success_ip2p_matched", "uip2p_success_by_kind",
-                  "uip2p_success_by_kind_ip2p_matched", "uip2p_magicbrush", "uip2p_magicbrush_ip2p_matched"],
+                  "uip2p_success_by_kind_ip2p_matched", "uip2p_magicbrush", "uip2p_magicbrush_ip2p_matched",
+                  "uip2p_ip2p_matched_training"],
 }
 
 
@@ -353,14 +354,23 @@ def _fmt(v):
     return v
 
 
+def _flat(value: dict, prefix: str):
+    """(name[k][k2]..., number) for every number in a nested dict of figures."""
+    for k, v in value.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}[{k}]")
+        else:
+            yield f"{prefix}[{k}]", v
+
+
 def print_table(results: dict) -> None:
     print(f"{'metric':<28}{'value':>10}  target")
     for key, value in results.items():
         if key in ("sampling", "eval_seconds"):
             continue
         if isinstance(value, dict):
-            for k, v in value.items():
-                print(f"  {key}[{k}]".ljust(28) + f"{v:>10.3f}")
+            for name, v in _flat(value, key):
+                print(f"  {name}".ljust(28) + f"{v:>10.3f}")
             continue
         if isinstance(value, str):  # a note that goes with the figures (e.g. how a model was trained)
             print(f"{key:<28}{value}")

@@ -108,6 +108,21 @@ def magicbrush_scores(pipe, split: str = "single", n: int = 36, steps: int = 25,
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def training_summary(folder) -> str:
+    """How the model in `folder` was trained, in one line (from its training.json), e.g. for the
+    matched InstructPix2Pix whose weights are not shipped."""
+    import json
+
+    path = Path(folder) / "training.json"
+    if not path.exists():
+        return f"{Path(folder).name}: no training record"
+    t = json.loads(path.read_text())
+    r = t["recipe"]
+    frozen = r.get("options", {}).get("frozen") or "none"
+    return (f"{t['model']}: {t['steps']} steps at batch {r['batch_size']}, lr {r['lr']:g}, EMA {r['ema_decay']:g}, "
+            f"frozen {frozen}, seed {t['seed']}, {t['train_seconds'] / 60:.1f} min on {t['device']}")
+
+
 def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = None, device="cpu") -> dict:
     """``editnb toy eval --only uip2p [--matched-ip2p FOLDER]``: the figures above on `n` test edits
     (all kinds in turn), and MagicBrush's metrics on `n` toy MagicBrush items of each split, for
@@ -117,9 +132,10 @@ def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = 
 
     edits = [world.edit_for("test", i, world.EDIT_KINDS[i % len(world.EDIT_KINDS)]) for i in range(n)]
     pipes = {"uip2p": pipeline_from(toy_path("uip2p"), device), "untrained": initial_pipeline(device)}
+    out = {}
     if matched_ip2p:
         pipes["ip2p_matched"] = pipeline_from(matched_ip2p, device)
-    out = {}
+        out["uip2p_ip2p_matched_training"] = training_summary(matched_ip2p)
     for name, pipe in pipes.items():
         r = forward_reverse(pipe, edits, steps)
         suffix = "" if name == "uip2p" else f"_{name}"
