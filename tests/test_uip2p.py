@@ -367,7 +367,7 @@ def test_freezing_names_real_blocks_and_the_matched_ip2p_freezes_the_same():
         freeze_blocks(ip2p.unet, ["time_embeding"])
 
 
-RECON_MARGIN = 5.0  # grey levels (of 255)
+RECON_MARGIN = 15.0  # grey levels of 255; `editnb toy eval` measures 45 against 78 on 36 other edits
 
 
 def test_shipped_toy_uip2p_reconstructs_the_input_better_than_its_untrained_start():

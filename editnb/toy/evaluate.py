@@ -315,6 +315,7 @@ def evaluate(n: int | None = None, only=None, json_path: str | None = None, upda
         results.update(METRICS[name](n, matched_ip2p) if name == "uip2p" else METRICS[name](n))
     results["eval_seconds"] = round(time.time() - t0, 1)
     results["sampling"] = dict(SAMPLING)
+    measured = set(results)
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,11 +327,14 @@ def evaluate(n: int | None = None, only=None, json_path: str | None = None, upda
             results = merged
         path.write_text(json.dumps(results, indent=2))
     if update_cards:
-        _update_cards(results)
+        _update_cards(results, measured)
     return results
 
 
-def _update_cards(results: dict) -> None:
+def _update_cards(results: dict, measured=None) -> None:
+    """Write the figures into the cards of the models they describe; with `measured` (the keys this
+    run computed), only the cards that a fresh figure belongs to, so a partial evaluation leaves the
+    other cards as they are."""
     from ..models import models_dir
     from .cards import write_card
 
@@ -338,6 +342,8 @@ def _update_cards(results: dict) -> None:
         path = models_dir() / folder
         summary_file = path / "training.json"
         if not summary_file.exists():
+            continue
+        if measured is not None and not measured & set(keys):
             continue
         summary = json.loads(summary_file.read_text())
         figures = {k: _fmt(results[k]) for k in keys if k in results}
