@@ -3,6 +3,15 @@ the paper's comparison and where it reverses it (used by chapters 04 and 05)."""
 from __future__ import annotations
 
 
+def frame(rows: dict, columns):
+    """A paper table as a DataFrame: rows as given ({name: values in column order}), the given
+    columns; ``None`` (a figure our copy of the paper lost) becomes NaN."""
+    import pandas as pd
+
+    return pd.DataFrame.from_dict({k: [float("nan") if v is None else v for v in vals] for k, vals in rows.items()},
+                                  orient="index", columns=list(columns))
+
+
 def better(column: str, a: float, b: float) -> bool:
     """Is `a` better than `b` in `column` (the arrow in its name, ↑ or ↓, says which way)?"""
     if not column.endswith(("↑", "↓")):

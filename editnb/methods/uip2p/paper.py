@@ -9,6 +9,7 @@ single-turn block "Multi-turn"; they sit in the single-turn block, and are read 
 """
 from __future__ import annotations
 
+from .. import tables
 from ..tables import agreement  # noqa: F401  (chapter 05 reads it from here)
 
 #: Table 1 (PIE-Bench); the same columns as editnb.methods.vimaedit.paper.COLUMNS
@@ -45,6 +46,4 @@ TABLE_3 = {
 
 def table(rows: dict, columns=PIE_COLUMNS):
     """A paper table as a DataFrame (rows as given, the given columns)."""
-    import pandas as pd
-
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(columns))
+    return tables.frame(rows, columns)

@@ -58,10 +58,7 @@ TABLE_2_NAMES = {
 
 def table(rows: dict):
     """A paper table as a DataFrame (rows as given, the columns above; lost cells are NaN)."""
-    import pandas as pd
-
-    return pd.DataFrame.from_dict({k: [float("nan") if v is None else v for v in vals] for k, vals in rows.items()},
-                                  orient="index", columns=list(COLUMNS))
+    return tables.frame(rows, COLUMNS)
 
 
 def agreement(paper, toy, baseline: str, rows=None):
