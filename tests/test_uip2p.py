@@ -316,12 +316,18 @@ def test_magicbrush_multi_turn_edits_the_models_own_previous_output(monkeypatch)
         seen.append([np.asarray(im).copy() for im in images])
         return [np.clip(np.asarray(im, np.int16) + 10, 0, 255).astype(np.uint8) for im in images]
 
+    from editnb.bench.data import load_toy_magicbrush
+    from editnb.runtime import data_dir
+
+    root = data_dir() / "bench" / "toy-magicbrush"
     monkeypatch.setattr(toy_eval, "_edit", fake_edit)
-    multi = toy_eval.magicbrush_scores(None, "multi", n=6, steps=1)  # two chains of three turns
+    multi = toy_eval.magicbrush_scores(None, load_toy_magicbrush(root, "multi")[:6], steps=1)  # two chains of three turns
     assert [len(batch) for batch in seen] == [2, 2, 2]
     for before, after in zip(seen, seen[1:]):  # turn t+1 starts from turn t's output, not its ground truth
         assert all(np.array_equal(np.clip(b.astype(np.int16) + 10, 0, 255), a) for b, a in zip(before, after))
-    single = toy_eval.magicbrush_scores(None, "single", n=3, steps=1)
+    seen.clear()
+    single = toy_eval.magicbrush_scores(None, load_toy_magicbrush(root, "single")[:3], steps=1)
+    assert [len(batch) for batch in seen] == [3]  # single-turn items: one edit each
     assert {"L1", "L2", "CLIP-I", "CLIP-T", "toy-DINO"} <= set(single) and 0 < multi["L1"] < 1
 
 

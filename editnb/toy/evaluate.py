@@ -264,9 +264,14 @@ def uip2p_scores(n: int = 36, matched_ip2p: str | None = None) -> dict:
     """UIP2P: forward-then-reverse reconstruction, oracle edit success per kind and toy MagicBrush
     metrics of toy-uip2p vs its untrained initialisation (and the matched InstructPix2Pix in the
     folder `matched_ip2p`) on `n` held-out edits; see editnb.methods.uip2p.toy_eval."""
+    from ..bench.data import load_toy_magicbrush
     from ..methods.uip2p.toy_eval import toy_figures
+    from ..runtime import data_dir
 
-    return toy_figures(n=n, steps=SAMPLING["steps"], matched_ip2p=matched_ip2p, device=str(DEVICE))
+    root = data_dir() / "bench" / "toy-magicbrush"
+    magicbrush = {split: load_toy_magicbrush(root, split)[:n] for split in ("single", "multi")}
+    return toy_figures(n=n, steps=SAMPLING["steps"], matched_ip2p=matched_ip2p, device=str(DEVICE),
+                       magicbrush=magicbrush)
 
 
 METRICS = {

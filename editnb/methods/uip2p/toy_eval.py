@@ -78,22 +78,21 @@ def forward_reverse(pipe, edits, steps: int = 25, seed: int = 0, batch_size: int
     }
 
 
-def magicbrush_scores(pipe, split: str = "single", n: int = 36, steps: int = 25, seed: int = 0,
-                      batch_size: int = 32, root: str | Path | None = None) -> dict:
+def magicbrush_scores(pipe, items, steps: int = 25, seed: int = 0, batch_size: int = 32) -> dict:
     """MagicBrush's metrics (supplement Table 3: L1, L2, CLIP-I, DINO, CLIP-T; toy-clip and toy-DINO
-    on the toy profile) of `pipe` on the toy MagicBrush split: the first `n` single-turn items, or
-    the first `n` turns of the multi-turn chains, where every turn edits the model's own previous
-    output ("target images are iteratively edited from the initial source images") and is compared
-    with that turn's ground truth.  Means over the outputs."""
+    on the toy profile) of `pipe` on toy MagicBrush items (``editnb.bench.load_toy_magicbrush``): a
+    single-turn item is edited once; the turns of a multi-turn chain (ids CHAIN_TURN) are edited in
+    order, each from the model's own previous output ("target images are iteratively edited from
+    the initial source images"), and each turn is compared with its own ground truth.  Means over
+    the outputs."""
     from ... import metrics
-    from ...bench.data import load_toy_magicbrush
-    from ...runtime import data_dir
 
-    root = Path(root) if root else data_dir() / "bench" / "toy-magicbrush"
-    items = load_toy_magicbrush(root, split)[:n]
+    items = list(items)
+    if not items:
+        raise ValueError("no MagicBrush items to edit")
     chains: dict[str, list] = {}
-    for it in items:  # multi-turn ids are CHAIN_TURN; single-turn items are chains of one
-        chains.setdefault(it.id.rsplit("_", 1)[0] if split == "multi" else it.id, []).append(it)
+    for it in items:
+        chains.setdefault(it.id.rsplit("_", 1)[0], []).append(it)
     outputs: dict[str, np.ndarray] = {}
     current = {c: np.asarray(turns[0].image) for c, turns in chains.items()}
     for t in range(max(len(turns) for turns in chains.values())):
@@ -123,11 +122,12 @@ def training_summary(folder) -> str:
             f"frozen {frozen}, seed {t['seed']}, {t['train_seconds'] / 60:.1f} min on {t['device']}")
 
 
-def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = None, device="cpu") -> dict:
+def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = None, device="cpu",
+                magicbrush: dict | None = None) -> dict:
     """``editnb toy eval --only uip2p [--matched-ip2p FOLDER]``: the figures above on `n` test edits
-    (all kinds in turn), and MagicBrush's metrics on `n` toy MagicBrush items of each split, for
-    toy-uip2p, its untrained initialisation and (when `matched_ip2p` names its folder) the matched
-    InstructPix2Pix."""
+    (all kinds in turn), and MagicBrush's metrics on the toy MagicBrush items given per split
+    (``magicbrush={"single": items, "multi": items}``), for toy-uip2p, its untrained initialisation
+    and (when `matched_ip2p` names its folder) the matched InstructPix2Pix."""
     from ...models import toy_path
 
     edits = [world.edit_for("test", i, world.EDIT_KINDS[i % len(world.EDIT_KINDS)]) for i in range(n)]
@@ -142,6 +142,8 @@ def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = 
         out.update({f"uip2p_recon_mae{suffix}": r["recon_mae"], f"uip2p_recon_psnr{suffix}": r["recon_psnr"],
                     f"uip2p_recon_scene{suffix}": r["recon_scene"], f"uip2p_success{suffix}": r["success"],
                     f"uip2p_success_by_kind{suffix}": r["success_by_kind"],
-                    f"uip2p_magicbrush{suffix}": {split: magicbrush_scores(pipe, split, n, steps)
-                                                  for split in ("single", "multi")}})
+})
+        if magicbrush:
+            out[f"uip2p_magicbrush{suffix}"] = {split: magicbrush_scores(pipe, items, steps)
+                                                for split, items in magicbrush.items()}
     return out
