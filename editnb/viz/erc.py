@@ -15,10 +15,11 @@ def to_uint8(images) -> list[np.ndarray]:
     return [im.permute(1, 2, 0).numpy() for im in x]
 
 
-def erc_rows(rows: dict, size: float = 1.45, index: int = 0):
+def erc_rows(rows: dict, size: float = 1.45, index: int = 0, vmin: float = 0.5, vmax: float = 1.5):
     """One row per entry of `rows` ({label: (inputs, ERCOutputs)}; inputs is the (B, 3, H, W) batch
     the step saw), showing item `index`: I_i, I_e, I_r, then A_f over a grey I_i and A_r over a grey
-    I_e, each map scaled to [0, 1] on its own, one colourbar."""
+    I_e, each map divided by its mean (what L_attn compares: 1 is average attention) on one fixed
+    scale from `vmin` to `vmax` for every map, one colourbar."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(rows), 5, figsize=(size * 5 + 0.7, size * len(rows) + 0.4), squeeze=False)
@@ -30,8 +31,8 @@ def erc_rows(rows: dict, size: float = 1.45, index: int = 0):
             axes[r, c].imshow(im, interpolation="nearest")
         for c, (m, under) in enumerate(((out.forward_attention, source), (out.reverse_attention, edited)), start=3):
             m = m[index].detach().float().cpu().numpy()
-            m = (m - m.min()) / max(float(m.max() - m.min()), 1e-8)
-            artist = _map_over_grey(axes[r, c], under, m)
+            m = m / max(float(m.mean()), 1e-8)
+            artist = _map_over_grey(axes[r, c], under, m, vmin=vmin, vmax=vmax)
         axes[r, 0].set_ylabel(label, fontsize=8)
     for c, t in enumerate(titles):
         axes[0, c].set_title(t, fontsize=8)
@@ -39,5 +40,5 @@ def erc_rows(rows: dict, size: float = 1.45, index: int = 0):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    _colourbar(fig, axes[:, 3:], artist, "instruction attention (scaled per map)")
+    _colourbar(fig, axes[:, 3:], artist, "instruction attention / its mean")
     return fig
