@@ -141,8 +141,7 @@ def toy_figures(n: int = 36, steps: int = 25, matched_ip2p: str | Path | None = 
         suffix = "" if name == "uip2p" else f"_{name}"
         out.update({f"uip2p_recon_mae{suffix}": r["recon_mae"], f"uip2p_recon_psnr{suffix}": r["recon_psnr"],
                     f"uip2p_recon_scene{suffix}": r["recon_scene"], f"uip2p_success{suffix}": r["success"],
-                    f"uip2p_success_by_kind{suffix}": r["success_by_kind"],
-})
+                    f"uip2p_success_by_kind{suffix}": r["success_by_kind"]})
         if magicbrush:
             out[f"uip2p_magicbrush{suffix}"] = {split: magicbrush_scores(pipe, items, steps)
                                                 for split, items in magicbrush.items()}
