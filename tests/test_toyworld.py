@@ -117,3 +117,28 @@ def test_datasets():
     assert item["kind"] == "recolor" and item["source"].shape == item["edited"].shape
     with pytest.raises(IndexError):
         ds[4]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8, 32, 33])
+def test_edit_batch_kind_share_is_exact(batch_size):
+    """IP2P training's ``kind_share`` option: round(share * B) items of the named kind, the rest
+    ToyWorld's own mix (so the option only ever adds to a kind, never removes one)."""
+    from editnb.toy.tasks import _batch_kinds, edit_batch
+
+    kinds = _batch_kinds(batch_size, {"add": 0.35, "remove": 0.1})
+    assert kinds.count("add") == round(0.35 * batch_size)
+    assert kinds.count("remove") == round(0.1 * batch_size)
+    assert kinds.count(None) == batch_size - kinds.count("add") - kinds.count("remove")
+    if batch_size == 8:
+        src, tgt, instructions = edit_batch(0, batch_size, seed=0, kind_share={"add": 0.5})
+        assert src.shape == tgt.shape and len(instructions) == batch_size
+        assert all(text.startswith("add ") for text in instructions[:4])
+
+
+@pytest.mark.parametrize("share, message", [({"paint": 0.2}, "unknown edit kinds"),
+                                            ({"add": 1.5}, "share in"), ({"add": 0.6, "move": 0.6}, "summing")])
+def test_edit_batch_refuses_a_bad_kind_share(share, message):
+    from editnb.toy.tasks import _batch_kinds
+
+    with pytest.raises(ValueError, match=message):
+        _batch_kinds(8, share)

@@ -28,12 +28,31 @@ def scene_batch(step: int, batch_size: int, seed: int = 0):
     return images, [s.caption for s in scenes]
 
 
-def edit_batch(step: int, batch_size: int, seed: int = 0):
+def edit_batch(step: int, batch_size: int, seed: int = 0, kind_share: dict | None = None):
+    """The edits of step k.  ``kind_share`` (e.g. ``{"add": 0.4}``) makes that share of the batch
+    edits of the named kinds (the first items, so the shares are exact at every batch size); the
+    rest keep ToyWorld's own mix of kinds."""
     start = (seed * 7919 + step * batch_size) % 9_000_000
-    edits = [world.edit_for("train", start + i) for i in range(batch_size)]
+    kinds = _batch_kinds(batch_size, kind_share)
+    edits = [world.edit_for("train", start + i, kind) for i, kind in enumerate(kinds)]
     src = torch.stack([to_tensor(e.source_image()) for e in edits])
     tgt = torch.stack([to_tensor(e.edited_image()) for e in edits])
     return src, tgt, [e.instruction for e in edits]
+
+
+def _batch_kinds(batch_size: int, kind_share: dict | None) -> list[str | None]:
+    """The edit kind of each item of a batch: ``round(share * batch_size)`` items of each kind named
+    in `kind_share`, then None (ToyWorld's own mix) for the rest."""
+    kind_share = dict(kind_share or {})
+    unknown = sorted(set(kind_share) - set(world.EDIT_KINDS))
+    if unknown:
+        raise ValueError(f"kind_share names unknown edit kinds {unknown}; the kinds are {world.EDIT_KINDS}")
+    if any(not 0 <= v <= 1 for v in kind_share.values()) or sum(kind_share.values()) > 1:
+        raise ValueError(f"kind_share gives each kind a share in [0, 1], summing to at most 1; got {kind_share}")
+    kinds: list[str | None] = []
+    for kind, share in kind_share.items():
+        kinds += [kind] * round(share * batch_size)
+    return (kinds + [None] * batch_size)[:batch_size]
 
 
 def _load_tokenizer():
@@ -259,17 +278,20 @@ class IP2PTask(SDTask):
     dropout = 0.05
     pipeline_class = "StableDiffusionInstructPix2PixPipeline"
 
-    def __init__(self, device, recipe, seed, frozen=()):
+    def __init__(self, device, recipe, seed, frozen=(), kind_share=None):
         super().__init__(device, recipe, seed)
         if self.unet.config.in_channels == arch.LATENT_CHANNELS:  # --init data/models/toy-sd: widen it as new_unet does
             self.unet = ip2p_unet_from_sd(self.unet).to(device)
         self.frozen = list(frozen)
         freeze_blocks(self.unet, self.frozen)
+        _batch_kinds(1, kind_share)  # refuse a bad mix before any compute
+        self.kind_share = dict(kind_share or {})
 
     def new_unet(self):
         return ip2p_unet_from_sd()
 
-    data_fn = staticmethod(edit_batch)
+    def data_fn(self, step, batch_size, seed):
+        return edit_batch(step, batch_size, seed, self.kind_share)
 
     def loss(self, batch, gen):
         src, tgt, instructions = batch

@@ -34,7 +34,7 @@ RECIPES = {
     "vae": Recipe(steps=1200, batch_size=16, lr=1e-3),
     "clip": Recipe(steps=1200, batch_size=128, lr=5e-4, weight_decay=0.05),
     "sd": Recipe(steps=3900, batch_size=128, lr=7e-4, ema_decay=0.999),
-    "ip2p": Recipe(steps=3200, batch_size=128, lr=5e-4, ema_decay=0.999, options={"frozen": []}),  # then continued, see the script
+    "ip2p": Recipe(steps=3200, batch_size=128, lr=5e-4, ema_decay=0.999, options={"frozen": [], "kind_share": {}}),  # then continued, see the script
     # The shipped adapter: this recipe's first 3400 steps were run with 5% of captions dropped, and the
     # adapter did not carry the image (its image branch never sees the caption, and a ToyWorld caption
     # already names every object, so it learned to add little; see IPAdapterTask).  It was then
