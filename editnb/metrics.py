@@ -264,39 +264,121 @@ def toy_lpips(features: ClipFeatures, a, b) -> float:
     return total
 
 
-_LPIPS_NETS: dict = {}
+# SqueezeNet 1.1 (Iandola et al. 2016) in torchvision's layout, so its ImageNet checkpoint loads
+# as is; written here because torchvision's wheels do not import beside the pinned CPU torch of
+# the tests, and LPIPS needs only these 13 feature modules.
+SQUEEZENET_URL = "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"
+_LPIPS_SLICES = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 11), (11, 12), (12, 13))  # LPIPS' 7 taps
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # LPIPS' ScalingLayer
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 
-def lpips(a, b, net: str = "squeeze", features: ClipFeatures | None = None, inputs: str = "pie-bench") -> float:
-    """LPIPS (Zhang et al. 2018) as PIE-Bench's evaluation code computes it: torchmetrics' LPIPS
-    with the SqueezeNet backbone (``net="squeeze"``; "alex" and "vgg" also exist), fed the images
-    on [0, 1] without ``normalize=True`` (``inputs="pie-bench"``: the benchmark's own convention,
-    kept so that numbers compare with its tables; ``inputs="standard"`` feeds [-1, 1] as LPIPS
-    expects).  Needs torchvision and its SqueezeNet weights.  With ``features=toy-clip`` it is the
-    toy recipe :func:`toy_lpips` (toy-LPIPS) instead."""
+class _Fire(torch.nn.Module):
+    def __init__(self, inp: int, squeeze: int, expand: int):
+        super().__init__()
+        self.squeeze = torch.nn.Conv2d(inp, squeeze, 1)
+        self.expand1x1 = torch.nn.Conv2d(squeeze, expand, 1)
+        self.expand3x3 = torch.nn.Conv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x):
+        x = F.relu(self.squeeze(x))
+        return torch.cat([F.relu(self.expand1x1(x)), F.relu(self.expand3x3(x))], 1)
+
+
+def squeezenet11_features() -> torch.nn.Sequential:
+    """SqueezeNet 1.1's feature extractor, module for module as torchvision's ``features``."""
+    pool = lambda: torch.nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, stride=2), torch.nn.ReLU(), pool(), _Fire(64, 16, 64), _Fire(128, 16, 64),
+        pool(), _Fire(128, 32, 128), _Fire(256, 32, 128), pool(), _Fire(256, 48, 192), _Fire(384, 48, 192),
+        _Fire(384, 64, 256), _Fire(512, 64, 256))
+
+
+def _squeezenet11_weights() -> dict:
+    """torchvision's ImageNet checkpoint of SqueezeNet 1.1, from the torch hub cache (fetched once
+    when online).  Offline without it: a clear error naming the file."""
+    import os
+    from pathlib import Path
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(SQUEEZENET_URL).name
+    try:
+        if not path.exists():
+            torch.hub.download_url_to_file(SQUEEZENET_URL, str(path), progress=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(
+            f"LPIPS (PIE-Bench's, SqueezeNet backbone) needs SqueezeNet 1.1's ImageNet weights, {path.name} "
+            f"({SQUEEZENET_URL}), and could not read or fetch them ({type(e).__name__}: {e}). Put the file at "
+            f"{path.parent}{os.sep} (TORCH_HOME moves it), or on the toy profile pass features=clip_features() "
+            "for toy-LPIPS") from e
+    return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+
+
+class SqueezeLPIPS(torch.nn.Module):
+    """LPIPS (Zhang et al. 2018, Eq. 1) with the SqueezeNet backbone, as torchmetrics computes it
+    (PIE-Bench's evaluation code calls torchmetrics' ``LearnedPerceptualImagePatchSimilarity
+    (net_type="squeeze")``): inputs scaled by LPIPS' ScalingLayer, the 7 feature taps unit-normalised
+    over channels, squared differences weighted by the learned 1x1 heads (torchmetrics' own
+    ``lpips_models/squeeze.pth``), averaged over space, summed over taps."""
+
+    def __init__(self, backbone: dict | None = None):
+        super().__init__()
+        self.features = squeezenet11_features()
+        self.features.load_state_dict(_squeezenet11_weights() if backbone is None else backbone)
+        heads = torch.load(_lpips_heads_path(), map_location="cpu", weights_only=True)
+        self.heads = torch.nn.ParameterList([heads[f"lin{k}.model.1.weight"] for k in range(len(_LPIPS_SLICES))])
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT)[None, :, None, None])
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE)[None, :, None, None])
+        self.requires_grad_(False).eval()
+
+    def taps(self, x):
+        x = (x - self.shift) / self.scale
+        out = []
+        for start, stop in _LPIPS_SLICES:
+            for module in self.features[start:stop]:
+                x = module(x)
+            out.append(x)
+        return out
+
+    def forward(self, x, y):
+        total = 0
+        for head, fx, fy in zip(self.heads, self.taps(x), self.taps(y)):
+            nx = fx / torch.sqrt(1e-8 + (fx ** 2).sum(1, keepdim=True))
+            ny = fy / torch.sqrt(1e-8 + (fy ** 2).sum(1, keepdim=True))
+            total = total + F.conv2d((nx - ny) ** 2, head).mean([2, 3])
+        return total.flatten()
+
+
+def _lpips_heads_path():
+    from pathlib import Path
+
+    import torchmetrics.functional.image.lpips as tm_lpips
+
+    return Path(tm_lpips.__file__).parent / "lpips_models" / "squeeze.pth"
+
+
+_LPIPS_NET: list = []
+
+
+def lpips(a, b, features: ClipFeatures | None = None, inputs: str = "pie-bench") -> float:
+    """LPIPS (Zhang et al. 2018) as PIE-Bench's evaluation code computes it: SqueezeNet backbone
+    (:class:`SqueezeLPIPS`, torchmetrics' computation), fed the images on [0, 1] without
+    ``normalize=True`` (``inputs="pie-bench"``: the benchmark's own convention, kept so that numbers
+    compare with its tables; ``inputs="standard"`` feeds [-1, 1] as LPIPS expects).  Needs SqueezeNet
+    1.1's ImageNet weights (fetched once into the torch hub cache).  With ``features=toy-clip`` it is
+    the toy recipe :func:`toy_lpips` (toy-LPIPS) instead."""
     if features is not None:
         return toy_lpips(features, a, b)
-    if net not in ("squeeze", "alex", "vgg"):
-        raise ValueError(f"LPIPS backbones are 'squeeze' (PIE-Bench's), 'alex' and 'vgg'; got {net!r}")
     if inputs not in ("pie-bench", "standard"):
         raise ValueError(f"inputs is 'pie-bench' ([0, 1], as the benchmark feeds them) or 'standard' ([-1, 1]); "
                          f"got {inputs!r}")
     x, y = (_to_unit_tensor(v).float() for v in _pair(a, b))
     if inputs == "standard":
         x, y = 2 * x - 1, 2 * y - 1
-    if net not in _LPIPS_NETS:
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-        try:
-            _LPIPS_NETS[net] = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=False).eval()
-        except ModuleNotFoundError as e:  # the backbone comes from torchvision
-            raise RuntimeError("standard LPIPS needs torchvision (pip install torchvision) for torchmetrics' "
-                               "LPIPS; in the toy profile pass features=clip_features() for toy-LPIPS") from e
-    metric = _LPIPS_NETS[net]
-    metric.reset()
+    if not _LPIPS_NET:
+        _LPIPS_NET.append(SqueezeLPIPS())
     with torch.no_grad():
-        metric.update(x, y)
-        return float(metric.compute())
+        return float(_LPIPS_NET[0](x, y)[0])
 
 
 def structure_distance(keys_fn, a, b) -> float:

@@ -248,3 +248,50 @@ def test_magicbrush_metrics_use_clip_b32_and_a_dino_score(toy_features):
     assert M.dino_similarity(vit, [a, a], [a, b]) == pytest.approx([1.0, float(M.dino_similarity(vit, [a], [b])[0])])
     same = M.magicbrush_metrics(_FixedClip([[1.0, 0.0]] * 2, [[1.0, 0.0]]), a, a, "x", dino=vit)
     assert same["DINO"] == pytest.approx(1.0)
+
+
+def test_squeeze_lpips_is_torchmetrics_lpips(monkeypatch):
+    """PIE-Bench's LPIPS: our SqueezeNet LPIPS equals torchmetrics' own LPIPS computation (its
+    ScalingLayer, normalisation, learned heads and averaging) on the same backbone weights;
+    torchvision's wheels cannot be installed beside the tests' CPU torch, so torchmetrics is handed
+    the backbone here."""
+    import torch
+    import torchmetrics.functional.image.lpips as tm
+
+    torch.manual_seed(0)
+    backbone = M.squeezenet11_features()
+    monkeypatch.setattr(tm, "_get_tv_model_features", lambda net, pretrained=False: backbone)
+    reference = tm._LPIPS(net="squeeze").eval()
+    ours = M.SqueezeLPIPS(backbone=backbone.state_dict())
+    x, y = torch.rand(2, 3, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(ours(x, y), reference(x, y).flatten(), rtol=1e-5, atol=1e-7)
+        assert torch.allclose(ours(x, x), torch.zeros(3), atol=1e-7)
+
+
+def test_lpips_reads_the_hub_cache_and_fails_clearly_offline(monkeypatch, tmp_path):
+    import torch
+    from editnb.toy import world
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(M, "_LPIPS_NET", [])
+    a = world.render(world.scene_for("test", 0))
+    b = world.render(world.scene_for("test", 1))
+    with pytest.raises(RuntimeError, match=r"squeezenet1_1-b8a52dc0\.pth.*toy-LPIPS"):
+        M.lpips(a, b)
+    # torchvision's checkpoint layout ("features.*" plus the classifier) in the cache: it loads
+    torch.manual_seed(0)
+    net = M.squeezenet11_features()
+    state = {f"features.{k}": v for k, v in net.state_dict().items()}
+    state["classifier.1.weight"] = torch.zeros(1000, 512, 1, 1)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth")
+    assert M.lpips(a, a) == pytest.approx(0, abs=1e-6)
+    far, standard = M.lpips(a, b), M.lpips(a, b, inputs="standard")
+    assert far > 0 and standard > 0 and far != pytest.approx(standard)
+    with pytest.raises(ValueError, match="inputs is"):
+        M.lpips(a, b, inputs="[0, 255]")
