@@ -16,6 +16,8 @@ True on the edited region.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -297,9 +299,6 @@ def squeezenet11_features() -> torch.nn.Sequential:
 def _squeezenet11_weights() -> dict:
     """torchvision's ImageNet checkpoint of SqueezeNet 1.1, from the torch hub cache (fetched once
     when online).  Offline without it: a clear error naming the file."""
-    import os
-    from pathlib import Path
-
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(SQUEEZENET_URL).name
     try:
         if not path.exists():
@@ -308,8 +307,8 @@ def _squeezenet11_weights() -> dict:
     except Exception as e:
         raise RuntimeError(
             f"LPIPS (PIE-Bench's, SqueezeNet backbone) needs SqueezeNet 1.1's ImageNet weights, {path.name} "
-            f"({SQUEEZENET_URL}), and could not read or fetch them ({type(e).__name__}: {e}). Put the file at "
-            f"{path.parent}{os.sep} (TORCH_HOME moves it), or on the toy profile pass features=clip_features() "
+            f"({SQUEEZENET_URL}), and could not read or fetch them ({type(e).__name__}: {e}). Put the file in "
+            f"{path.parent} (TORCH_HOME moves it), or on the toy profile pass features=clip_features() "
             "for toy-LPIPS") from e
     return {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
 
@@ -341,17 +340,14 @@ class SqueezeLPIPS(torch.nn.Module):
         return out
 
     def forward(self, x, y):
+        unit = lambda f: f / torch.sqrt(1e-8 + (f ** 2).sum(1, keepdim=True))  # noqa: E731  (LPIPS' eps)
         total = 0
         for head, fx, fy in zip(self.heads, self.taps(x), self.taps(y)):
-            nx = fx / torch.sqrt(1e-8 + (fx ** 2).sum(1, keepdim=True))
-            ny = fy / torch.sqrt(1e-8 + (fy ** 2).sum(1, keepdim=True))
-            total = total + F.conv2d((nx - ny) ** 2, head).mean([2, 3])
+            total = total + F.conv2d((unit(fx) - unit(fy)) ** 2, head).mean([2, 3])
         return total.flatten()
 
 
-def _lpips_heads_path():
-    from pathlib import Path
-
+def _lpips_heads_path() -> Path:
     import torchmetrics.functional.image.lpips as tm_lpips
 
     return Path(tm_lpips.__file__).parent / "lpips_models" / "squeeze.pth"
