@@ -126,6 +126,20 @@ def test_runner_resumes_after_a_kill(pie_fixture, tmp_path):
         R.run("nope", pie_fixture, out, process_index=0, num_processes=1)
 
 
+def test_source_baseline_returns_the_source_and_scores_what_doing_nothing_scores(pie_fixture, tmp_path):
+    """The reference row of the tables: a perfect background, no structure change, and the CLIP
+    similarity of the unedited source with the target prompt."""
+    from editnb.bench.data import load_pie_bench
+
+    summary = R.run("source", pie_fixture, tmp_path / "source", process_index=0, num_processes=1)
+    assert summary["items"] == 2 and summary["psnr"] == 100.0 and summary["mse"] == 0
+    assert summary["structure"] == pytest.approx(0.0, abs=1e-9) and summary["lpips"] == pytest.approx(0.0, abs=1e-6)
+    items = load_pie_bench(pie_fixture)
+    feats = R.Context().features
+    expected = np.mean([float(R.M.clip_similarity(feats, [np.asarray(i.image)], [i.target_prompt])[0]) for i in items])
+    assert summary["clip_whole"] == pytest.approx(100 * expected, rel=1e-5)
+
+
 def test_plot_axes_span_the_methods_range_and_mark_the_best():
     """The benchmark figure must not hide a 30-vs-35 dB difference under bars from zero."""
     import matplotlib
@@ -157,6 +171,10 @@ def test_study_figure_shows_pairs_without_voting():
     fig = study.figure(4, voter=lambda t, a, b: a)
     assert len(fig.axes) == 4 * 3 and study.votes == []  # 4 rows of (input, left, right); no vote recorded
     assert all(ax.get_xlabel() == "vote: left is better" for ax in fig.axes[1::3])
+    # the rows take the trials in turn: three trials, three rows, three different inputs
+    distinct = [Trial(img + 10 * k, f"edit {k}", {"x": img, "y": img + 1, "z": img + 2}) for k in range(3)]
+    fig = PairwiseStudy(distinct, seed=0).figure(3)
+    assert [ax.get_ylabel() for ax in fig.axes[0::3]] == ["edit 0", "edit 1", "edit 2"]
     with pytest.raises(ValueError, match="no pairs"):
         PairwiseStudy([], seed=0).figure()
 

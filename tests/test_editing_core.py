@@ -175,3 +175,15 @@ def test_ip_adapter_embeddings_give_diffusers_own_image():
     assert torch.allclose(ours, theirs, atol=1e-5)
     without = diffusion.text_to_image(pipe, SRC, guidance=5.0, steps=4, latents=noise, image_embeds=[negative]).latents
     assert not torch.allclose(ours, without, atol=1e-3)  # the embeddings reach the UNet
+
+
+def test_local_blend_map_is_what_its_mask_thresholds(random_pipe):
+    """``last_map`` (the accumulated blend-word attention, scaled to its maximum, source and target
+    united) is the picture of the local-blend mask: thresholding it gives ``last_mask`` exactly."""
+    r = prompt_to_prompt(random_pipe, SRC, TGT, steps=4, generator=gen(5), blend_words=("circle", "circle"))
+    ctrl = r.found["controller"]
+    assert ctrl.last_map.shape == ctrl.last_mask.shape
+    assert float(ctrl.last_map.min()) >= 0 and float(ctrl.last_map.max()) == pytest.approx(1.0)
+    assert torch.equal((ctrl.last_map > ctrl.blend_threshold).to(ctrl.last_mask.dtype), ctrl.last_mask)
+    ctrl.reset()
+    assert ctrl.last_map is None and ctrl.last_mask is None

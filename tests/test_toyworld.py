@@ -142,3 +142,21 @@ def test_edit_batch_refuses_a_bad_kind_share(share, message):
 
     with pytest.raises(ValueError, match=message):
         _batch_kinds(8, share)
+
+
+def test_rewriting_a_card_keeps_its_history(tmp_path):
+    """`editnb toy eval --update-cards` rebuilds a card from training.json; a hand-written history
+    of earlier runs cannot be rebuilt, so it must survive the rewrite (and a new card has none)."""
+    from editnb.toy.cards import write_card
+
+    summary = {"model": "iedit", "steps": 10, "seed": 0, "train_seconds": 60.0, "device": "cpu", "final_loss": 0.5,
+               "recipe": {"batch_size": 4, "lr": 1e-4, "warmup": 2}}
+    write_card(tmp_path, summary, {"iedit_success": 0.5})
+    first = (tmp_path / "README.md").read_text()
+    assert "## History" not in first and "iedit_success: 0.5" in first
+    history = "## History\n\nAn earlier run: 1100 steps on a GPU, success 0.667.\n"
+    (tmp_path / "README.md").write_text(first + "\n" + history)
+    write_card(tmp_path, {**summary, "steps": 20}, {"iedit_success": 0.7})
+    card = (tmp_path / "README.md").read_text()
+    assert "steps: 20" in card and "iedit_success: 0.7" in card and "iedit_success: 0.5" not in card
+    assert card.rstrip().endswith(history.rstrip()) and card.count("## History") == 1

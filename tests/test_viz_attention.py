@@ -64,6 +64,13 @@ def test_guidance_grid_notes_need_one_line_per_panel():
     plt.close(fig)
     with pytest.raises(ValueError, match="one line per image"):
         vattn.guidance_grid(images, [1, 2], [1, 2], notes=["a"])
+    # with the input in a column of its own: the grid keeps its labels, the input heads the first column
+    source = np.full((4, 4, 3), 200, np.uint8)
+    fig = vattn.guidance_grid(images, [1, 2], [1, 2], notes=["a", "b", "c", "d"], source=source, title="make it red")
+    assert fig.axes[0].get_title() == "input" and not fig.axes[3].axison  # below the input: nothing
+    assert fig.axes[1].get_title() == "s_I=1" and fig.axes[1].get_ylabel() == "s_T=1" and fig.axes[5].get_xlabel() == "d"
+    assert fig._suptitle.get_text() == "make it red"
+    plt.close(fig)
 
 
 def test_changes_against_draws_where_each_variant_differs_from_the_reference():
@@ -86,3 +93,35 @@ def test_iou_per_step_draws_the_mean_of_each_method_at_its_steps():
     assert list(lines[0].get_xdata()) == [5, 6] and np.allclose(lines[0].get_ydata(), [0.3, 0.5])
     assert np.allclose(lines[1].get_ydata(), [0.2, 0.2])
     plt.close(fig)
+
+
+def test_threshold_masks_report_share_and_iou_of_each_cut():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from editnb.viz.attention import threshold_masks
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    value = np.zeros((4, 4), np.float32)
+    value[:2, :2] = 1.0   # the top-left quarter, strongly
+    value[2:, :] = 0.5    # the bottom half, weakly
+    exact = np.zeros((8, 8), bool)
+    exact[:4, :4] = True
+    fig, found = threshold_masks(image, value, (0.3, 0.7), exact=exact)
+    assert found[0.3] == (0.75, pytest.approx(1 / 3))  # quarter + half; IoU 16 / 48
+    assert found[0.7] == (0.25, 1.0)
+    assert len(fig.axes) == 3 + 1  # map, two masks, the colourbar
+
+
+def test_segments_are_drawn_over_grey_with_white_borders():
+    from editnb.viz import SEGMENT_COLOURS, segments_overlay
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[..., 1] = 200  # a saturated green image: its colour must not survive under the segments
+    segments = np.zeros((4, 4), int)
+    segments[:, 2:] = 1
+    out = segments_overlay(image, segments, alpha=0.5).astype(int)
+    grey = round(200 * 0.587)
+    assert np.allclose(out[0, 0], 0.5 * grey + 0.5 * SEGMENT_COLOURS[0], atol=1)   # segment 0 over grey
+    assert np.allclose(out[0, 7], 0.5 * grey + 0.5 * SEGMENT_COLOURS[1], atol=1)   # segment 1 over grey
+    assert (out[:, 4] == 255).all() and (out[:, 3] != 255).any()  # the border, where the label changes

@@ -125,6 +125,9 @@ class PromptToPrompt(Controller):
         self._blend_maps: list[torch.Tensor] = []
         self._blend_sum: torch.Tensor | None = None
         self.last_mask: torch.Tensor | None = None
+        # the accumulated blend-word attention that last_mask thresholds (scaled to its maximum, the
+        # union of source and target as the mask is), to show where the threshold cuts
+        self.last_map: torch.Tensor | None = None
 
     # -- attention
     def wants(self, site):
@@ -191,7 +194,7 @@ class PromptToPrompt(Controller):
 
     def reset(self):
         super().reset()
-        self._blend_maps, self._blend_sum, self.last_mask = [], None, None
+        self._blend_maps, self._blend_sum, self.last_mask, self.last_map = [], None, None, None
 
     def local_blend(self, i, t, latents):
         """``on_step`` hook: x_t <- x_src + mask * (x_t - x_src) for each target (P2P LocalBlend)."""
@@ -212,4 +215,5 @@ class PromptToPrompt(Controller):
         mask = (m > self.blend_threshold).to(latents.dtype)
         mask = ((mask[:1] + mask) > 0).to(latents.dtype)  # union with the source words' region
         self.last_mask = mask[1:].detach().cpu()
+        self.last_map = torch.maximum(m[:1], m[1:]).detach().float().cpu()  # last_mask = last_map > threshold
         return torch.cat([latents[:1], latents[:1] + mask[1:] * (latents[1:] - latents[:1])])

@@ -8,6 +8,14 @@ from .registry import register
 from .p2p import prompt_to_prompt
 
 
+@register("source", needs=(), models=())
+def run_source(ctx, item, generator, steps):
+    """No edit: the source image returned as it is.  The reference row of a benchmark table: the
+    best any method can do on the background columns and what doing nothing scores on CLIP, so a
+    method below it on CLIP has destroyed more than it edited."""
+    return item.image.copy()
+
+
 @register("sdedit", needs=("target_prompt",), models=("sd",))
 def run_sdedit(ctx, item, generator, steps, strength: float = 0.6, guidance: float = 7.5):
     """SDEdit (Meng et al. 2022): noise the source to strength 0.6, denoise with the target prompt."""

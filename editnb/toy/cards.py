@@ -21,9 +21,17 @@ CARD_DESCRIPTIONS = {
 }
 
 
+HISTORY = "## History"
+
+
 def write_card(folder: Path, summary: dict, evaluation: dict | None = None) -> None:
-    """Model card: what it is, the recipe, steps, wall time, hardware, evaluation figures."""
+    """Model card: what it is, the recipe, steps, wall time, hardware, evaluation figures.  A
+    ``## History`` section of the card already in `folder` (earlier runs of the model, written by
+    hand) is kept at the end: the card is rebuilt from the files, its history cannot be."""
     model = summary["model"]
+    card = folder / "README.md"
+    old = card.read_text() if card.exists() else ""
+    history = old[old.index(HISTORY):].rstrip() if HISTORY in old else None
     lines = [f"# toy-{model}", "", CARD_DESCRIPTIONS[model], "",
              "Part of the editnb ToyWorld family; trained by `editnb toy train "
              f"{model}` (see `editnb/toy/train.py` and `editnb/training.py`).", "", "## Training", ""]
@@ -42,4 +50,6 @@ def write_card(folder: Path, summary: dict, evaluation: dict | None = None) -> N
     if evaluation:
         lines += ["", "## Evaluation (`editnb toy eval`)", ""]
         lines += [f"- {k}: {v}" for k, v in evaluation.items()]
-    (folder / "README.md").write_text("\n".join(lines) + "\n")
+    if history:
+        lines += ["", history]
+    card.write_text("\n".join(lines) + "\n")

@@ -82,12 +82,20 @@ SEGMENT_COLOURS = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 13
 
 
 def segments_overlay(image, segments: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Colour each segment (cluster id per pixel, any square size) over the image."""
+    """Colour each segment (cluster id per pixel, any square size) over a greyscale copy of the image,
+    the borders between segments drawn white: the segment colours are then the only colours in the
+    picture, so a segment tinted red cannot be read as a red object (nor an object's colour as a
+    segment's)."""
     img = to_numpy(image).astype(np.float32)
     seg = np.asarray(segments)
     h, w = img.shape[:2]
     ys = (np.arange(h) * seg.shape[0] // h)[:, None]
     xs = (np.arange(w) * seg.shape[1] // w)[None, :]
     lab = seg[ys, xs]
-    colours = SEGMENT_COLOURS[lab % len(SEGMENT_COLOURS)]
-    return ((1 - alpha) * img + alpha * colours).astype(np.uint8)
+    grey = np.repeat((img[..., :3] @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)
+    out = (1 - alpha) * grey + alpha * SEGMENT_COLOURS[lab % len(SEGMENT_COLOURS)]
+    border = np.zeros((h, w), bool)
+    border[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    border[1:, :] |= lab[1:, :] != lab[:-1, :]
+    out[border] = 255.0
+    return out.astype(np.uint8)

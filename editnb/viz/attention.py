@@ -156,10 +156,11 @@ def self_attention_of_pixel(store, image, pixel: tuple[int, int], resolution: in
 
 
 def guidance_grid(images, row_values, col_values=None, row_name: str = "s_T", col_name: str = "s_I", size: float = 1.3,
-                  notes=None):
+                  notes=None, source=None, title: str | None = None):
     """A grid of results over guidance scales: rows `row_values`, columns `col_values`
     (InstructPix2Pix's s_T x s_I), or a single row for a 1-D sweep (text-to-image).  `notes`: one
-    short line per panel (a measure), written under it."""
+    short line per panel (a measure), written under it.  `source`: the input image, drawn in a column
+    of its own left of the grid (what "stay close to the input" is judged against); `title` above."""
     import matplotlib.pyplot as plt
 
     cols = col_values if col_values is not None else row_values
@@ -167,7 +168,19 @@ def guidance_grid(images, row_values, col_values=None, row_name: str = "s_T", co
     if notes is not None and len(notes) != len(images):
         raise ValueError(f"notes needs one line per image ({len(images)}), got {len(notes)}")
     extra = 0.2 if notes is not None else 0.0
-    fig, axes = plt.subplots(nrows, len(cols), figsize=(size * len(cols), (size + extra) * nrows + 0.35), squeeze=False)
+    lead = 0 if source is None else 1
+    fig, all_axes = plt.subplots(nrows, len(cols) + lead, figsize=(size * (len(cols) + lead), (size + extra) * nrows + 0.35 + 0.2 * bool(title)),
+                                 squeeze=False)
+    if source is not None:
+        for r, ax in enumerate(all_axes[:, 0]):
+            if r == 0:
+                ax.imshow(to_numpy(source), interpolation="nearest")
+                ax.set_title("input", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ax.axis("off")
+    axes = all_axes[:, lead:]
     for k, ax in enumerate(axes.flat):
         ax.imshow(to_numpy(images[k]), interpolation="nearest")
         ax.set_xticks([])
@@ -182,6 +195,8 @@ def guidance_grid(images, row_values, col_values=None, row_name: str = "s_T", co
                 ax.set_ylabel(f"{row_name}={row_values[r]}", fontsize=8)
         if notes is not None and k < len(notes):
             ax.set_xlabel(notes[k], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -212,6 +227,38 @@ def comparison(source, edited, mask=None, labels=("source", "edited"), size: flo
     fig.tight_layout()
     _colourbar(fig, axes[2], artist, "grey levels")
     return fig
+
+
+def threshold_masks(image, value_map, thresholds, exact=None, label: str = "map", size: float = 1.7):
+    """Where a threshold cuts a map: the map (scaled 0-1, e.g. local blend's accumulated attention)
+    over a greyscale copy of `image` with a colourbar, then the mask ``value_map > threshold`` for each
+    threshold (cyan on grey), titled with its share of the image and, given the `exact` mask, its
+    IoU with it (whose outline is drawn on every panel).  Returns the figure and
+    {threshold: (share, IoU or None)}."""
+    import matplotlib.pyplot as plt
+
+    img = to_numpy(image)
+    m = np.asarray(value_map, np.float32)
+    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(size * (len(thresholds) + 1) + 0.6, size + 0.4))
+    artist = _map_over_grey(axes[0], img, m)
+    axes[0].set_title(label, fontsize=8)
+    truth = None if exact is None else np.asarray(exact, bool)
+    found = {}
+    for ax, thr in zip(axes[1:], thresholds):
+        mask = upsample(m, img.shape[:2], mode="nearest") > thr
+        iou = None if truth is None else float((mask & truth).sum() / max((mask | truth).sum(), 1))
+        found[thr] = (float(mask.mean()), iou)
+        ax.imshow(mask_on_grey(img, mask), interpolation="nearest")
+        ax.set_title(f"> {thr:g}: {mask.mean():.0%} of the image" + ("" if iou is None else f"\nIoU with the true mask {iou:.2f}"),
+                     fontsize=7)
+    for ax in axes:
+        if truth is not None:
+            ax.contour(truth.astype(float), levels=[0.5], colors="white", linewidths=0.8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    _colourbar(fig, axes[0], artist, "scaled to its maximum")
+    return fig, found
 
 
 def changes_against(reference, images: dict, reference_label: str = "reference", size: float = 1.7,

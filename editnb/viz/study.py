@@ -59,12 +59,18 @@ class PairwiseStudy:
         return "\n".join(rows)
 
     def figure(self, n: int = 3, voter=None):
-        """The first `n` pairs as the judge sees them (input, left, right, the instruction above),
-        with the vote that `voter` casts under each row: the static picture of the 2AFC panel for
-        places with no frontend (tests, `editnb figures`).  Casts no vote into the study."""
+        """`n` pairs as the judge sees them (input, left, right, the instruction above), with the
+        vote that `voter` casts under each row: the static picture of the 2AFC panel for places with
+        no frontend (tests, `editnb figures`).  The pairs are taken from the trials in turn (the first
+        pair of each trial, then the second, ...), so the rows show different inputs whenever there
+        are `n` trials.  Casts no vote into the study."""
         import matplotlib.pyplot as plt
 
-        queue = self.pairs()[:n]
+        by_trial: dict[int, list] = {}
+        for pair in self.pairs():
+            by_trial.setdefault(id(pair[0]), []).append(pair)
+        queue = [pair for k in range(max(map(len, by_trial.values()), default=0))
+                 for pairs in by_trial.values() if k < len(pairs) for pair in [pairs[k]]][:n]
         if not queue:
             raise ValueError("the study has no pairs to show: it needs trials with at least two outputs each")
         fig, axes = plt.subplots(len(queue), 3, figsize=(5.4, 2.1 * len(queue)), squeeze=False)
