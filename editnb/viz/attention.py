@@ -256,8 +256,10 @@ def threshold_masks(image, value_map, thresholds, exact=None, label: str = "map"
             ax.contour(truth.astype(float), levels=[0.5], colors="white", linewidths=0.8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    _colourbar(fig, axes[0], artist, "scaled to its maximum")
+    # the map's colourbar on its left, clear of the mask panels' titles
+    bar = fig.colorbar(artist, ax=axes[0], location="left", fraction=0.05, pad=0.04)
+    bar.set_label("scaled to its maximum", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     return fig, found
 
 
