@@ -250,10 +250,15 @@ def markdown(df) -> str:
     return "\n".join(lines)
 
 
+#: a panel whose values span more than this factor is drawn on a log axis
+LOG_SPAN = 8.0
+
+
 def plot(df):
     """One panel per metric, methods as dots on a value axis that spans the methods' range (not
     from zero: bars from zero make a 30.5-vs-35.1 dB difference look like nothing); the best method
-    of each column, by its arrow (↑ or ↓), is drawn filled and named under the panel."""
+    of each column, by its arrow (↑ or ↓), is drawn filled and named under the panel.  A column whose
+    values span more than a factor of :data:`LOG_SPAN` (a method that many times worse than another) gets a log axis."""
     import matplotlib.pyplot as plt
 
     metric_cols = [label for _, label in COLUMNS]
@@ -271,13 +276,18 @@ def plot(df):
             ax.plot([k], [v], "o", markersize=6, color=colours[k % 10],
                     markerfacecolor=colours[k % 10] if k == best else "white")
         lo, hi = values.min(), values.max()
-        pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
-        ax.set_ylim(lo - pad, hi + pad)
+        if lo > 0 and hi / lo > LOG_SPAN:  # a few methods far off would squash the rest into one line
+            ax.set_yscale("log")
+            ax.set_ylim(lo / 1.3, hi * 1.3)
+            ax.set_title(col + " (log)", fontsize=7)
+        else:
+            pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_title(col, fontsize=7)
         ax.set_xlim(-0.6, len(values) - 0.4)
         ax.grid(axis="y", alpha=0.3)
         ax.set_xticks(range(len(df)))
         ax.set_xticklabels(df.index, rotation=90, fontsize=7)
-        ax.set_title(col, fontsize=7)
         ax.set_xlabel(f"best: {df.index[best]}", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()

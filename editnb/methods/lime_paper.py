@@ -8,6 +8,8 @@ by the paper's distance threshold ("the higher the threshold, the more clusters"
 """
 from __future__ import annotations
 
+from . import tables
+
 #: the columns of Tables 7 and 8, in the paper's order
 MAGICBRUSH_COLUMNS = ("L1", "L2", "CLIP-I", "DINO", "CLIP-T")
 
@@ -34,10 +36,8 @@ TABLE_8 = {
 }
 
 
-#: PIE-Bench's columns in its reporting scale, named as ``editnb bench table`` names them (the arrow
-#: says which way is better)
-PIE_COLUMNS = ("Structure dist. x10^3 ↓", "BG PSNR ↑", "BG LPIPS x10^3 ↓", "BG MSE x10^4 ↓", "BG SSIM x10^2 ↑",
-               "CLIP whole ↑", "CLIP edited ↑")
+#: PIE-Bench's columns (Table 4), as ``editnb bench table`` names them
+PIE_COLUMNS = tables.PIE_COLUMNS
 
 #: Table 4 (PIE-Bench, 700 images): each base editor without and with LIME (the rows the text of the
 #: supplement holds; its "GT Mask" rows are named in the caption but not in the table we have)
@@ -56,15 +56,8 @@ TABLE_4 = {
 
 
 def pie_table(rows: dict = TABLE_4):
-    """Table 4 as a DataFrame with :data:`PIE_COLUMNS`."""
-    import pandas as pd
-
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(PIE_COLUMNS))
-
-
-def better(column: str, a: float, b: float) -> bool:
-    """Whether `a` is better than `b` in a column named with its arrow (↑ higher, ↓ lower is better)."""
-    return a > b if column.endswith("↑") else a < b
+    """Table 4 as a DataFrame with :data:`PIE_COLUMNS` (compare it with :func:`editnb.methods.tables.agreement`)."""
+    return tables.frame(rows, PIE_COLUMNS)
 
 
 def table(rows: dict):

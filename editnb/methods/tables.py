@@ -1,6 +1,12 @@
 """The papers' tables beside the toy's: which way a column is better, and where the toy follows
-the paper's comparison and where it reverses it (used by chapters 04 and 05)."""
+the paper's comparison and where it reverses it (used by chapters 03, 04 and 05)."""
 from __future__ import annotations
+
+
+#: PIE-Bench's columns in its reporting scale, named as ``editnb bench table`` names them (the same
+#: quantities as ``editnb.bench.runner.COLUMNS``; the arrow says which way is better)
+PIE_COLUMNS = ("Structure dist. x10^3 ↓", "BG PSNR ↑", "BG LPIPS x10^3 ↓", "BG MSE x10^4 ↓", "BG SSIM x10^2 ↑",
+               "CLIP whole ↑", "CLIP edited ↑")
 
 
 def frame(rows: dict, columns):

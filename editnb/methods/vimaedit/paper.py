@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from .. import tables
 
-#: the columns, in the paper's order (the same quantities as ``editnb.bench.runner.COLUMNS``)
-COLUMNS = ("Structure dist. x10^3 ↓", "BG PSNR ↑", "BG LPIPS x10^3 ↓", "BG MSE x10^4 ↓", "BG SSIM x10^2 ↑",
-           "CLIP whole ↑", "CLIP edited ↑")
+#: the columns, in the paper's order: PIE-Bench's
+COLUMNS = tables.PIE_COLUMNS
 
 #: Table 1, the Direct Inversion (PnP-I) + DDIM(50) block: the configuration the toy benchmark runs
 TABLE_1_PNP_INVERSION = {
