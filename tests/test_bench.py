@@ -158,7 +158,7 @@ def test_plot_axes_span_the_methods_range_and_mark_the_best():
         best = df[label].idxmax() if label.endswith("↑") else df[label].idxmin()
         assert ax.get_xlabel() == f"best: {best}"
         assert ax.get_yscale() == "linear" and ax.get_title() == label
-    # one method far off (LPIPS 1000 against 150-200): that panel goes to a log axis, the others stay linear
+    # one method far off (LPIPS 1000x the others): that panel goes to a log axis, the others stay linear
     far = df.copy()
     far.loc["c"] = far.loc["a"]
     far.loc["c", "BG LPIPS x10^3 ↓"] = 1000 * far["BG LPIPS x10^3 ↓"].max()

@@ -251,7 +251,7 @@ def markdown(df) -> str:
 
 
 #: a panel whose values span more than this factor is drawn on a log axis
-LOG_SPAN = 8.0
+LOG_SPAN = 5.0
 
 
 def plot(df):
@@ -289,6 +289,6 @@ def plot(df):
         ax.set_xticks(range(len(df)))
         ax.set_xticklabels(df.index, rotation=90, fontsize=7)
         ax.set_xlabel(f"best: {df.index[best]}", fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.tick_params(axis="y", which="both", labelsize=7)
     fig.tight_layout()
     return fig
