@@ -13,6 +13,13 @@ MASK_COLOURS = [(255, 80, 80), (80, 200, 255), (255, 220, 60), (160, 255, 120)]
 MASK_COLOUR = (0, 255, 255)
 
 
+def grey_rgb(img: np.ndarray) -> np.ndarray:
+    """The luminance (ITU-R 601 weights) of an RGB(A) array as a 3-channel float32 array: the
+    underlay of every mask and segment drawing, so that only what is drawn over it carries colour."""
+    img = np.asarray(img, np.float32)
+    return np.repeat((img[..., :3] @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)
+
+
 def overlay(image, mask: np.ndarray, color=MASK_COLOUR, alpha: float = 0.5, grey: bool = True) -> np.ndarray:
     """The pixels of `mask` tinted with `color` over the image, the mask's edge drawn solid.
 
@@ -24,7 +31,7 @@ def overlay(image, mask: np.ndarray, color=MASK_COLOUR, alpha: float = 0.5, grey
     if m.shape != img.shape[:2]:
         raise ValueError(f"mask of shape {m.shape} does not match the image {img.shape[:2]}")
     if grey:
-        img = np.repeat((img[..., :3] @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)
+        img = grey_rgb(img)
     colour = np.asarray(color, np.float32)
     img[m] = (1 - alpha) * img[m] + alpha * colour
     padded = np.pad(m, 1, mode="edge")
@@ -92,8 +99,7 @@ def segments_overlay(image, segments: np.ndarray, alpha: float = 0.5) -> np.ndar
     ys = (np.arange(h) * seg.shape[0] // h)[:, None]
     xs = (np.arange(w) * seg.shape[1] // w)[None, :]
     lab = seg[ys, xs]
-    grey = np.repeat((img[..., :3] @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)
-    out = (1 - alpha) * grey + alpha * SEGMENT_COLOURS[lab % len(SEGMENT_COLOURS)]
+    out = (1 - alpha) * grey_rgb(img) + alpha * SEGMENT_COLOURS[lab % len(SEGMENT_COLOURS)]
     border = np.zeros((h, w), bool)
     border[:, 1:] |= lab[:, 1:] != lab[:, :-1]
     border[1:, :] |= lab[1:, :] != lab[:-1, :]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..attention.words import word_tokens
 from ..images import to_numpy
+from ..metrics import mask_iou
 from . import MASK_COLOUR, overlay  # the one mask colour and the one mask drawing
 
 #: the colour map of attention maps, drawn over greyscale
@@ -243,10 +244,11 @@ def threshold_masks(image, value_map, thresholds, exact=None, label: str = "map"
     artist = _map_over_grey(axes[0], img, m)
     axes[0].set_title(label, fontsize=8)
     truth = None if exact is None else np.asarray(exact, bool)
+    at_image = upsample(m, img.shape[:2], mode="nearest")
     found = {}
     for ax, thr in zip(axes[1:], thresholds):
-        mask = upsample(m, img.shape[:2], mode="nearest") > thr
-        iou = None if truth is None else float((mask & truth).sum() / max((mask | truth).sum(), 1))
+        mask = at_image > thr
+        iou = None if truth is None else mask_iou(mask, truth)
         found[thr] = (float(mask.mean()), iou)
         ax.imshow(mask_on_grey(img, mask), interpolation="nearest")
         ax.set_title(f"> {thr:g}: {mask.mean():.0%} of the image" + ("" if iou is None else f"\nIoU with the true mask {iou:.2f}"),

@@ -8,6 +8,7 @@ clicks; without one (nbval, scripts) a scripted voter, e.g. :func:`oracle_voter`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import zip_longest
 
 import numpy as np
 
@@ -69,8 +70,8 @@ class PairwiseStudy:
         by_trial: dict[int, list] = {}
         for pair in self.pairs():
             by_trial.setdefault(id(pair[0]), []).append(pair)
-        queue = [pair for k in range(max(map(len, by_trial.values()), default=0))
-                 for pairs in by_trial.values() if k < len(pairs) for pair in [pairs[k]]][:n]
+        rounds = zip_longest(*by_trial.values())  # each trial's first pair, then each one's second, ...
+        queue = [pair for row in rounds for pair in row if pair is not None][:n]
         if not queue:
             raise ValueError("the study has no pairs to show: it needs trials with at least two outputs each")
         fig, axes = plt.subplots(len(queue), 3, figsize=(5.4, 2.1 * len(queue)), squeeze=False)
