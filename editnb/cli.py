@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     fig.add_argument("notebooks", nargs="*", help="notebooks to run (default: all of notebooks/)")
     fig.add_argument("--out", default="figures", help="folder for executed notebooks and PNG figures (default: figures)")
     fig.add_argument("--profile", default="toy", choices=["toy", "sd15", "auto"], help="model profile (default: toy)")
-    fig.add_argument("--timeout", type=int, default=1200, help="per-cell timeout in seconds")
+    fig.add_argument("--timeout", type=int, default=300, help="per-cell deadline in seconds (a cell past it fails with the kernel's stacks)")
 
     toy = sub.add_parser("toy", help="ToyWorld models: train and evaluate")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)

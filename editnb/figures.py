@@ -3,20 +3,132 @@
 ``editnb figures`` runs every notebook of ``notebooks/`` (on the toy profile unless told
 otherwise), saves the executed copy and every PNG output under ``figures/<notebook>/``, and stops
 with a one-line error naming the notebook and cell that failed.
+
+:func:`execute_notebook` is the one way the project executes a notebook outside nbval (the main
+job and the sd15-shaped chapter tests).  It talks to the kernel the way nbval does, through
+jupyter_client's blocking client, and not through nbclient's asyncio client: the sd15-shaped
+chapter runs under nbclient stalled now and then with the kernel idle and the client still
+waiting for an execute reply, while the blocking path never did.  The kernel listens on Unix
+sockets in a private folder (IPC transport), so kernels started at the same moment by parallel
+test workers cannot race for TCP ports.  Every cell has a deadline: a cell that passes it fails
+with the kernel's Python stacks (``py-spy dump``, when installed) instead of hanging.
 """
 from __future__ import annotations
 
 import base64
 import os
+import shutil
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+#: per-cell deadline of the main job and the tests, in seconds (the slowest cell takes about a minute)
+CELL_TIMEOUT = 300
 
 
-def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy", timeout: int = 1200) -> list[Path]:
+class CellError(RuntimeError):
+    """A cell raised, timed out or lost its kernel; ``cell_index`` names it."""
+
+    def __init__(self, message: str, cell_index: int):
+        super().__init__(message)
+        self.cell_index = cell_index
+
+
+def kernel_stacks(pid: int) -> str:
+    """The Python stacks of every thread of process `pid`, read from outside with ``py-spy dump``
+    (it works on a stopped or deadlocked process too); a line saying why when they cannot be read."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "(kernel stacks unavailable: py-spy is not installed)"
+    done = subprocess.run([spy, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+    return (done.stdout + done.stderr).strip() or f"(py-spy printed nothing for pid {pid})"
+
+
+def _append_output(outputs: list, msg: dict, clear_pending: list) -> None:
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+
+    kind = msg["msg_type"]
+    if kind == "clear_output":
+        if msg["content"].get("wait"):
+            clear_pending[:] = [True]
+        else:
+            outputs.clear()
+        return
+    if kind not in ("stream", "display_data", "execute_result", "error"):
+        return  # status, execute_input, comm traffic of widgets: nothing to keep
+    if clear_pending:
+        outputs.clear()
+        clear_pending.clear()
+    out = nbformat.v4.output_from_msg(msg)
+    if kind == "stream" and outputs and outputs[-1].get("output_type") == "stream" and outputs[-1].name == out.name:
+        outputs[-1].text += out.text
+    else:
+        outputs.append(out)
+
+
+def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup_timeout: float = 120):
+    """Run every code cell of notebook `nb` (an nbformat node, changed in place) in a fresh
+    ``python3`` kernel started in folder `cwd`, each cell within `timeout` seconds.  The kernel
+    inherits this process's environment.  Returns each code cell's wall time in seconds, by cell
+    index.  Raises :class:`CellError` on the first cell that raises (its traceback), passes its
+    deadline (the kernel's stacks) or kills its kernel."""
+    from queue import Empty
+
+    from jupyter_client.manager import KernelManager
+
+    sockets = tempfile.mkdtemp(prefix="editnb-kernel-")
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "k"))
+    km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    seconds = {}
+    try:
+        kc.wait_for_ready(timeout=startup_timeout)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            cell.outputs, clear_pending = [], []
+            msg_id = kc.execute(cell.source, allow_stdin=False)
+            start = time.monotonic()
+            deadline = start + timeout
+            idle = False
+            while not idle:  # outputs until the kernel says it is idle again for this cell
+                if time.monotonic() > deadline:
+                    stacks = kernel_stacks(km.provisioner.process.pid)
+                    raise CellError(f"cell {index} passed its {timeout:g} s deadline; the kernel's stacks:\n{stacks}", index)
+                if not km.is_alive():
+                    raise CellError(f"the kernel died while running cell {index}", index)
+                try:
+                    msg = kc.get_iopub_msg(timeout=1.0)
+                except Empty:
+                    continue
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "status":
+                    idle = msg["content"]["execution_state"] == "idle"
+                else:
+                    _append_output(cell.outputs, msg, clear_pending)
+            while True:  # the reply was sent before the idle status, so it is already here
+                reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+            seconds[index] = time.monotonic() - start
+            cell.execution_count = reply["content"].get("execution_count")
+            if reply["content"]["status"] == "error":
+                c = reply["content"]
+                trace = "\n".join(c.get("traceback", []))
+                raise CellError(f"cell {index} raised {c.get('ename')}: {c.get('evalue')}\n{trace}", index)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        shutil.rmtree(sockets, ignore_errors=True)
+    return seconds
+
+
+def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy", timeout: int = CELL_TIMEOUT) -> list[Path]:
+    import nbformat
 
     paths = [Path(p) for p in notebooks] or sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
     if not paths:
@@ -30,13 +142,11 @@ def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy
         if not path.exists():
             raise RuntimeError(f"notebook {path} does not exist")
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
         print(f"running {path.name} ...", flush=True)
         try:
-            client.execute()
-        except CellExecutionError as e:
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else "cell failed"
+            seconds = execute_notebook(nb, cwd=path.parent, timeout=timeout)
+        except CellError as e:
+            first = str(e).strip().splitlines()[0]
             raise RuntimeError(f"{path.name} failed: {first}") from None
         folder = out / path.stem
         folder.mkdir(parents=True, exist_ok=True)
@@ -50,5 +160,5 @@ def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy
                     target = folder / f"cell{i:02d}_{n:02d}.png"
                     target.write_bytes(base64.b64decode(png))
                     written.append(target)
-        print(f"  {n} figure(s) -> {folder}", flush=True)
+        print(f"  {n} figure(s) -> {folder} ({sum(seconds.values()):.0f} s of cells)", flush=True)
     return written
