@@ -125,3 +125,27 @@ def test_segments_are_drawn_over_grey_with_white_borders():
     assert np.allclose(out[0, 0], 0.5 * grey + 0.5 * SEGMENT_COLOURS[0], atol=1)   # segment 0 over grey
     assert np.allclose(out[0, 7], 0.5 * grey + 0.5 * SEGMENT_COLOURS[1], atol=1)   # segment 1 over grey
     assert (out[:, 4] == 255).all() and (out[:, 3] != 255).any()  # the border, where the label changes
+
+
+def test_frontend_detection_counts_subclasses_of_the_kernel_shell(monkeypatch):
+    """Colab's shell is `class Shell(ZMQInteractiveShell)`: a subclass is a kernel with a frontend;
+    a terminal IPython is not; EDITNB_STATIC=1 forces the static path."""
+    import IPython
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    from editnb.viz.attention import _frontend_available
+
+    class Shell(ZMQInteractiveShell):  # the shape of google.colab._shell.Shell
+        pass
+
+    colab_like = Shell.__new__(Shell)  # no kernel behind it: only its type is read
+    monkeypatch.delenv("EDITNB_STATIC", raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: colab_like)
+    assert _frontend_available()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    assert not _frontend_available()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    assert not _frontend_available()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: colab_like)
+    monkeypatch.setenv("EDITNB_STATIC", "1")
+    assert not _frontend_available()

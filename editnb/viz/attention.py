@@ -358,14 +358,16 @@ def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
 
 def _frontend_available() -> bool:
     """True in a Jupyter kernel, unless EDITNB_STATIC=1 (set by the tests and `editnb figures`, whose
-    headless kernels have no frontend to show widgets)."""
+    headless kernels have no frontend to show widgets).  A kernel is any shell that is an
+    ipykernel ``ZMQInteractiveShell``, subclasses included: Colab's ``google.colab._shell.Shell``
+    and Kaggle's are subclasses, so testing the class name would miss them."""
     import os
 
     if os.environ.get("EDITNB_STATIC", "") not in ("", "0"):
         return False
     try:
         from IPython import get_ipython
+        from ipykernel.zmqshell import ZMQInteractiveShell
     except ImportError:
         return False
-    ip = get_ipython()
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    return isinstance(get_ipython(), ZMQInteractiveShell)
