@@ -69,7 +69,9 @@ def test_dual_branch_layout_and_no_control_gives_two_independent_samples(random_
     noise = diffusion.initial_noise(random_pipe, 1, gen(3))
     for k, prompt in enumerate((SRC, TGT)):
         alone = diffusion.text_to_image(random_pipe, prompt, guidance=5.0, steps=3, latents=noise).latents
-        assert torch.allclose(r.latents[k:k + 1], alone, atol=1e-5)
+        # a batch of four rounds float32 convolutions differently from a batch of two (up to 2e-5
+        # measured on latents reaching 11); the branches themselves differ by order 1
+        assert torch.allclose(r.latents[k:k + 1], alone, atol=1e-4)
     assert not torch.allclose(r.latents[0], r.latents[1])
 
 
