@@ -246,3 +246,29 @@ def test_agreement_says_where_the_toy_follows_or_reverses_the_paper():
     assert agreement(paper, toy, baseline="base").loc["ours", "MSE ↓"] == "missing"
     with pytest.raises(ValueError, match="↑ or ↓"):
         better("PSNR", 1, 2)
+
+
+def test_study_panel_casts_the_scripted_votes_with_a_frontend_too(monkeypatch):
+    """With a frontend (JupyterLab, Colab) the scripted voter still casts this study's votes, so the
+    cell after the panel reads the same leaderboard as under the tests; the widget's clicks go to a
+    study of their own (study.human) and never change the scripted votes."""
+    import ipywidgets as W
+
+    from editnb.viz import attention as A
+    from editnb.viz.study import PairwiseStudy, Trial
+
+    im = np.zeros((8, 8, 3), np.uint8)
+    trials = [Trial(im, "make it red", {"a": im, "b": im + 1, "c": im + 2}) for _ in range(2)]
+    first_wins = lambda t, a, b: min(a, b)  # noqa: E731  (a deterministic judge: the earlier name wins)
+    static = PairwiseStudy(trials, seed=0)
+    monkeypatch.setattr(A, "_frontend_available", lambda: False)
+    assert static.panel(voter=first_wins) is None
+    live = PairwiseStudy(trials, seed=0)
+    monkeypatch.setattr(A, "_frontend_available", lambda: True)
+    widget = live.panel(voter=first_wins)
+    assert live.votes == static.votes and len(live.votes) == 6  # 2 trials x 3 pairs, without a click
+    assert live.leaderboard() == static.leaderboard()
+    buttons = [w for w in widget.children[1].children if isinstance(w, W.Button)]
+    assert [b.description for b in buttons] == ["left is better", "tie", "right is better"]
+    buttons[0].click()  # a student's vote
+    assert len(live.human.votes) == 1 and live.votes == static.votes

@@ -3,7 +3,8 @@ EditCLIP, LIME and UIP2P (Elo: UIP2P supplement Sec. 3, start 1500, K = 32).
 
 :class:`PairwiseStudy` holds the trials (an input, an instruction, two methods' outputs) and the
 votes.  With a Jupyter frontend :meth:`PairwiseStudy.panel` shows an ipywidgets panel that records
-clicks; without one (nbval, scripts) a scripted voter, e.g. :func:`oracle_voter`, casts the votes.
+clicks into a study of its own; a scripted voter, e.g. :func:`oracle_voter`, casts the votes whose
+leaderboard the chapters print (with a frontend or without one: nbval, scripts).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class PairwiseStudy:
     trials: list[Trial]
     seed: int = 0
     votes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    human: PairwiseStudy | None = field(default=None, repr=False)  # the frontend panel's own study
 
     def pairs(self):
         """Every (trial, method A, method B) with A/B order randomised per pair (seeded)."""
@@ -91,16 +93,29 @@ class PairwiseStudy:
         return fig
 
     def panel(self, voter=None):
-        """ipywidgets 2AFC panel (buttons 'left is better' / 'right is better' / 'tie'); without a
-        frontend, the scripted `voter` casts the votes and the leaderboard is printed."""
+        """The 2AFC panel.  A scripted `voter` (e.g. :func:`oracle_voter`) casts THIS study's votes and
+        its leaderboard is printed, with a frontend or without one, so that the cells after the panel
+        read the same numbers in JupyterLab, on Colab and under the tests.  With a frontend, an
+        ipywidgets panel ('left is better' / 'tie' / 'right is better') is returned as well: it judges
+        the same pairs into a study of its own (``self.human``, with its own board), so that a student's
+        clicks never change the scripted numbers."""
+        from dataclasses import replace
+
         from .attention import _frontend_available
 
-        if not _frontend_available():
-            if voter is None:
-                raise ValueError("no frontend to click in: pass a scripted voter (e.g. oracle_voter)")
+        frontend = _frontend_available()
+        if voter is None and not frontend:
+            raise ValueError("no frontend to click in: pass a scripted voter (e.g. oracle_voter)")
+        if voter is not None:
             self.run_scripted(voter)
             print(self.leaderboard_text())
+        if not frontend:
             return None
+        self.human = replace(self, votes=[], human=None)
+        return self.human._widget()
+
+    def _widget(self):
+        """The ipywidgets panel that records clicks into this study."""
         import ipywidgets as W
         import matplotlib.pyplot as plt
 
