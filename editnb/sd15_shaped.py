@@ -11,8 +11,8 @@ real weights, so the code path that Colab users take runs here without the Hub:
 - ``clip`` (ViT-L/14), ``clip-b32``, ``clipseg`` (rd64-refined), ``dino`` / ``dino-s16`` and
   ``ip-adapter`` (the ``ip-adapter_sd15`` layout: 4 image tokens from a ViT-H/14-wide encoder).
 
-Depths (number of transformer layers) and, unless ``full_width=True``, channel widths are scaled
-down so that a CPU runs a step in milliseconds; everything a method reads from a model (levels,
+Depths (number of transformer layers) and, unless ``full_width=True``, channel widths (the image
+towers' at a quarter of the real width) are scaled down so that a CPU runs a step in milliseconds; everything a method reads from a model (levels,
 heads, context length, text width, resolution ratios) is SD 1.5's.  ``full_width=True`` gives
 SD 1.5's real widths (UNet 320/640/1280/1280, VAE 128/256/512/512, 12 text layers) for GPU memory
 measurements.  ``sample_size`` is the latent side (SD 1.5: 64, i.e. 512x512 images); the default
@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from .clip_bpe import CONTEXT, clip_tokenizer
 
@@ -45,9 +46,11 @@ HALF = torch.float16
 OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 #: registry names with a stand-in (the others have no loader or no public weights)
-#: bumped when a stand-in's build changes, so that caches built before are rebuilt (2: the
-#: pipelines' scheduler configs gained the Hub's "clip_sample": false)
-_BUILD_VERSIONS = {"sd": 2, "ip2p": 2}
+#: bumped when a stand-in's build changes, so that caches built before are rebuilt (2 for sd/ip2p: the
+#: pipelines' scheduler configs gained the Hub's "clip_sample": false; 2 for the image towers: their
+#: scaled width fell to a quarter of the real one, which cut chapter 06's sd15-shaped run by minutes)
+_BUILD_VERSIONS = {"sd": 2, "ip2p": 2, "clip": 2, "clip-b32": 2, "editclip": 2, "clipseg": 2, "dino": 2, "dino-s16": 2,
+                   "ip-adapter": 2, "clip-h14": 2}
 NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "clipseg", "dino", "dino-s16", "ip-adapter", "clip-h14")
 
 
@@ -58,8 +61,8 @@ def cache_dir() -> Path:
 
 
 def folder(name: str, full_width: bool = False, sample_size: int = SAMPLE_SIZE) -> Path:
-    """The folder of registry model `name`, built on first use (atomically, so concurrent
-    processes never see half a folder).  Its name carries a hash of the build settings."""
+    """The folder of registry model `name`, built on first use (once, under a file lock, and
+    atomically, so concurrent processes never build it twice nor see half a folder).  Its name carries a hash of the build settings."""
     if name not in NAMES:
         raise ValueError(f"the sd15-shaped profile has no stand-in for {name!r}; it has {list(NAMES)}")
     if sample_size % 8:
@@ -71,18 +74,22 @@ def folder(name: str, full_width: bool = False, sample_size: int = SAMPLE_SIZE) 
     if (out / ".complete").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeded builds leave the caller's random state alone
-            _BUILDERS[name](tmp, full_width=full_width, sample_size=sample_size)
-        (tmp / ".complete").write_text(json.dumps(settings))
+    # one builder per folder: parallel test workers wait for the first one instead of building twice
+    with FileLock(str(out.parent / f".{name}-{key}.lock")):
+        if (out / ".complete").exists():
+            return out
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
         try:
-            tmp.rename(out)
-        except OSError:  # another process finished first: its folder is as good as ours
-            if not (out / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            with torch.random.fork_rng(devices=[]):  # seeded builds leave the caller's random state alone
+                _BUILDERS[name](tmp, full_width=full_width, sample_size=sample_size)
+            (tmp / ".complete").write_text(json.dumps(settings))
+            try:
+                tmp.rename(out)
+            except OSError:  # a process without the lock (an older editnb) finished first: its folder is as good
+                if not (out / ".complete").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -128,6 +135,13 @@ def _text_config(width: int, heads: int, layers: int, projection: int):
     return CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_attention_heads=heads,
                           num_hidden_layers=layers, max_position_embeddings=CONTEXT, hidden_act="quick_gelu",
                           projection_dim=projection, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+
+
+def _image_width(width: int, full_width: bool) -> int:
+    """An image tower's width: the real one, or a quarter of it on the scaled profile (heads kept, so
+    every head is 16-20 wide).  The towers read 224-352 px images as 256-784 tokens; at full width
+    they were most of the sd15-shaped chapter runs' time."""
+    return width if full_width else width // 4
 
 
 def _vision_config(width: int, heads: int, layers: int, patch: int, image: int, projection: int, channels: int = 3):
@@ -213,24 +227,25 @@ def build_ip2p(out, full_width=False, sample_size=SAMPLE_SIZE):
 
 def build_clip_l14(out, full_width=False, sample_size=SAMPLE_SIZE):
     """openai/clip-vit-large-patch14: text 768/12 heads, vision 1024/16 heads, patch 14, 224, projection 768."""
-    _clip(out, (768, 12, _depth(full_width)), (1024, 16, _depth(full_width), 14), 768, 224)
+    _clip(out, (768, 12, _depth(full_width)), (_image_width(1024, full_width), 16, _depth(full_width), 14), 768, 224)
 
 
 def build_clip_b32(out, full_width=False, sample_size=SAMPLE_SIZE):
     """openai/clip-vit-base-patch32: text 512/8 heads, vision 768/12 heads, patch 32, 224, projection 512."""
-    _clip(out, (512, 8, _depth(full_width)), (768, 12, _depth(full_width), 32), 512, 224)
+    _clip(out, (512, 8, _depth(full_width)), (_image_width(768, full_width), 12, _depth(full_width), 32), 512, 224)
 
 
 def build_clip_h14(out, full_width=False, sample_size=SAMPLE_SIZE):
     """laion/CLIP-ViT-H-14-laion2B-s32B-b79K: text 1024/16 heads, vision 1280/16 heads, patch 14, 224,
     projection 1024 (the space of ip-adapter_sd15's image encoder)."""
-    _clip(out, (1024, 16, _depth(full_width)), (1280, 16, _depth(full_width), 14), 1024, 224)
+    _clip(out, (1024, 16, _depth(full_width)), (_image_width(1280, full_width), 16, _depth(full_width), 14), 1024, 224)
 
 
 def build_editclip(out, full_width=False, sample_size=SAMPLE_SIZE):
     """QWW/EditCLIP: CLIP ViT-L/14 whose vision tower reads 6 channels (input and edited image
     stacked); like the Hub checkpoint, no processor files (the loader takes CLIP L/14's)."""
-    _clip(out, (768, 12, _depth(full_width)), (1024, 16, _depth(full_width), 14, 6), 768, 224, processor=False)
+    _clip(out, (768, 12, _depth(full_width)), (_image_width(1024, full_width), 16, _depth(full_width), 14, 6), 768, 224,
+          processor=False)
 
 
 def build_clipseg(out, full_width=False, sample_size=SAMPLE_SIZE):
@@ -241,7 +256,8 @@ def build_clipseg(out, full_width=False, sample_size=SAMPLE_SIZE):
     _seeded()
     layers = _depth(full_width) if full_width else 3
     config = CLIPSegConfig(text_config=_text_config(512, 8, layers, 512).to_dict(),
-                           vision_config=_vision_config(768, 12, layers, 16, 224, 512).to_dict(), projection_dim=512,
+                           vision_config=_vision_config(_image_width(768, full_width), 12, layers, 16, 224, 512).to_dict(),
+                           projection_dim=512,
                            extract_layers=[3, 6, 9] if full_width else [0, 1, 2], reduce_dim=64,
                            decoder_num_attention_heads=4, decoder_intermediate_size=2048, conditional_layer=0,
                            use_complex_transposed_convolution=True)
@@ -255,6 +271,7 @@ def _dino(out: Path, width: int, heads: int, patch: int, full_width: bool) -> No
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     _seeded()
+    width = _image_width(width, full_width)
     config = ViTConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=heads,
                        num_hidden_layers=_depth(full_width), patch_size=patch, image_size=224)
     ViTModel(config, add_pooling_layer=False).to(HALF).save_pretrained(str(out))
@@ -280,7 +297,8 @@ def build_ip_adapter(out, full_width=False, sample_size=SAMPLE_SIZE):
 
     models = out / "models"
     _seeded()
-    CLIPVisionModelWithProjection(_vision_config(1280, 16, 32 if full_width else 2, 14, 224, 1024)).to(HALF).save_pretrained(
+    CLIPVisionModelWithProjection(_vision_config(_image_width(1280, full_width), 16, 32 if full_width else 2, 14, 224,
+                                                 1024)).to(HALF).save_pretrained(
         str(models / "image_encoder"))
     _image_processor(224).save_pretrained(str(models / "image_encoder"))
     tokens, text_width = 4, 768

@@ -1,13 +1,6 @@
-import os
-
-# Tests run offline on the toy profile with progress bars off; notebooks run by nbval inherit this.
-os.environ.setdefault("EDITNB_PROFILE", "toy")
-os.environ.setdefault("EDITNB_NO_PROGRESS", "1")
-os.environ.setdefault("EDITNB_STATIC", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-import pytest  # noqa: E402
+# The suite's environment (toy profile, offline, no progress bars) and its parallel mechanics are
+# set in the repository's top conftest.py.
+import pytest
 
 
 @pytest.fixture(scope="session")

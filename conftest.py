@@ -1,0 +1,89 @@
+"""Suite-wide mechanics of the test command (unit tests and nbval over notebooks/): parallel
+workers that share the machine's cores, notebooks kept whole on one worker, kernels on private
+Unix sockets, and a stall that fails with the kernel's stacks instead of hanging the suite."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+# Tests run offline on the toy profile with progress bars off; notebook kernels inherit this.
+os.environ.setdefault("EDITNB_PROFILE", "toy")
+os.environ.setdefault("EDITNB_NO_PROGRESS", "1")
+os.environ.setdefault("EDITNB_STATIC", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _share_cores() -> None:
+    """Under pytest-xdist, each worker (and every kernel it starts, which inherits the
+    environment) gets its share of the cores: two workers on two cores each use one thread,
+    instead of four threads fighting over two cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = threads
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+
+
+_share_cores()
+
+
+def _ipc_nbval_kernels() -> None:
+    """nbval starts its kernels over TCP on ports picked by binding port 0 and letting go: two
+    workers starting kernels at the same moment can pick the same port (jupyter_client #487).
+    Its kernels listen on Unix sockets in a private folder instead, as editnb.figures'
+    executor does; and a cell that passes nbval's deadline prints the kernel's stacks before
+    nbval interrupts it."""
+    try:
+        import nbval.kernel as nbk
+    except ImportError:
+        return
+    import tempfile
+    from queue import Empty
+
+    from jupyter_client.manager import KernelManager
+
+    def start_new_kernel(startup_timeout=60, kernel_name="python", **kwargs):
+        km = KernelManager(kernel_name=kernel_name, kernel_spec_manager=nbk.NbvalKernelspecManager(),
+                           transport="ipc", ip=os.path.join(tempfile.mkdtemp(prefix="editnb-kernel-"), "k"))
+        km.start_kernel(**kwargs)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=startup_timeout)
+        except RuntimeError:
+            kc.stop_channels()
+            km.shutdown_kernel()
+            raise
+        return km, kc
+
+    await_reply = nbk.RunningKernel.await_reply
+
+    def await_reply_or_stacks(self, msg_id, timeout=None):
+        try:
+            return await_reply(self, msg_id, timeout=timeout)
+        except Empty:
+            from editnb.figures import kernel_stacks
+
+            print(f"nbval: no reply within {timeout} s; the kernel's stacks:\n"
+                  f"{kernel_stacks(self.km.provisioner.process.pid)}", file=sys.stderr, flush=True)
+            raise
+
+    nbk.start_new_kernel = start_new_kernel
+    nbk.RunningKernel.await_reply = await_reply_or_stacks
+
+
+_ipc_nbval_kernels()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest items first (the sd15-shaped chapter runs, then the notebooks), so that the
+    workers finish together.  The test command keeps this order (``--dist loadscope
+    --no-loadscope-reorder``): a scope (a notebook's cells, which share its kernel; a test module;
+    a test class) goes whole to one worker, and the scopes in this order."""
+    items.sort(key=lambda item: 0 if "test_chapters_sd15_shaped" in item.nodeid else
+               1 if type(item).__name__ == "IPyNbCell" else 2)
