@@ -48,7 +48,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 #: registry names with a stand-in (the others have no loader or no public weights)
 #: bumped when a stand-in's build changes, so that caches built before are rebuilt (2 for sd/ip2p: the
 #: pipelines' scheduler configs gained the Hub's "clip_sample": false; 2 for the image towers: their
-#: scaled width fell to a quarter of the real one, which cut chapter 06's sd15-shaped run by minutes)
+#: scaled width fell to a quarter of the real one)
 _BUILD_VERSIONS = {"sd": 2, "ip2p": 2, "clip": 2, "clip-b32": 2, "editclip": 2, "clipseg": 2, "dino": 2, "dino-s16": 2,
                    "ip-adapter": 2, "clip-h14": 2}
 NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "clipseg", "dino", "dino-s16", "ip-adapter", "clip-h14")
@@ -139,8 +139,8 @@ def _text_config(width: int, heads: int, layers: int, projection: int):
 
 def _image_width(width: int, full_width: bool) -> int:
     """An image tower's width: the real one, or a quarter of it on the scaled profile (heads kept, so
-    every head is 16-20 wide).  The towers read 224-352 px images as 256-784 tokens; at full width
-    they were most of the sd15-shaped chapter runs' time."""
+    every head is 16-20 wide).  The towers read 224-352 px images as 256-784 tokens: at the real
+    widths, chapter 06's two cells that embed pairs and images took 218 s of its 423 s sd15-shaped run."""
     return width if full_width else width // 4
 
 
