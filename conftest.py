@@ -42,24 +42,12 @@ def _ipc_nbval_kernels() -> None:
         import nbval.kernel as nbk
     except ImportError:
         return
-    import tempfile
     from queue import Empty
 
-    from jupyter_client.manager import KernelManager
+    from editnb.figures import kernel_stacks, start_kernel
 
     def start_new_kernel(startup_timeout=60, kernel_name="python", **kwargs):
-        km = KernelManager(kernel_name=kernel_name, kernel_spec_manager=nbk.NbvalKernelspecManager(),
-                           transport="ipc", ip=os.path.join(tempfile.mkdtemp(prefix="editnb-kernel-"), "k"))
-        km.start_kernel(**kwargs)
-        kc = km.client()
-        kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=startup_timeout)
-        except RuntimeError:
-            kc.stop_channels()
-            km.shutdown_kernel()
-            raise
-        return km, kc
+        return start_kernel(kernel_name, nbk.NbvalKernelspecManager(), startup_timeout, **kwargs)
 
     await_reply = nbk.RunningKernel.await_reply
 
@@ -67,8 +55,6 @@ def _ipc_nbval_kernels() -> None:
         try:
             return await_reply(self, msg_id, timeout=timeout)
         except Empty:
-            from editnb.figures import kernel_stacks
-
             print(f"nbval: no reply within {timeout} s; the kernel's stacks:\n"
                   f"{kernel_stacks(self.km.provisioner.process.pid)}", file=sys.stderr, flush=True)
             raise

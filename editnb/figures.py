@@ -15,17 +15,20 @@ with the kernel's Python stacks (``py-spy dump``, when installed) instead of han
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 #: per-cell deadline of the main job and the tests, in seconds (the slowest cell takes about a minute)
 CELL_TIMEOUT = 300
+_SOCKETS: str | None = None  # the folder of this process's kernel sockets
 
 
 class CellError(RuntimeError):
@@ -68,6 +71,32 @@ def _append_output(outputs: list, msg: dict, clear_pending: list) -> None:
         outputs.append(out)
 
 
+def start_kernel(kernel_name: str = "python3", kernel_spec_manager=None, startup_timeout: float = 120, **start_kwargs):
+    """Start a kernel listening on Unix sockets in a private folder (IPC transport) and a blocking
+    client ready to talk to it:
+    ``(manager, client)``.  Kernels started at the same moment by parallel processes cannot race
+    for TCP ports this way.  `start_kwargs` go to ``KernelManager.start_kernel`` (``cwd``, ``env``)."""
+    from jupyter_client.manager import KernelManager
+
+    global _SOCKETS
+    if _SOCKETS is None:  # one private folder per process, removed when the process exits
+        _SOCKETS = tempfile.mkdtemp(prefix="editnb-kernels-")
+        atexit.register(shutil.rmtree, _SOCKETS, ignore_errors=True)
+    extra = {} if kernel_spec_manager is None else {"kernel_spec_manager": kernel_spec_manager}
+    # jupyter_client numbers the sockets <ip>-1 ... <ip>-5 and removes them at shutdown
+    km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=os.path.join(_SOCKETS, uuid.uuid4().hex[:12]), **extra)
+    km.start_kernel(**start_kwargs)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=startup_timeout)
+    except RuntimeError:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
+    return km, kc
+
+
 def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup_timeout: float = 120):
     """Run every code cell of notebook `nb` (an nbformat node, changed in place) in a fresh
     ``python3`` kernel started in folder `cwd`, each cell within `timeout` seconds.  The kernel
@@ -76,16 +105,9 @@ def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup
     deadline (the kernel's stacks) or kills its kernel."""
     from queue import Empty
 
-    from jupyter_client.manager import KernelManager
-
-    sockets = tempfile.mkdtemp(prefix="editnb-kernel-")
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(sockets, "k"))
-    km.start_kernel(cwd=str(cwd))
-    kc = km.client()
-    kc.start_channels()
+    km, kc = start_kernel(startup_timeout=startup_timeout, cwd=str(cwd))
     seconds = {}
     try:
-        kc.wait_for_ready(timeout=startup_timeout)
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -123,7 +145,6 @@ def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-        shutil.rmtree(sockets, ignore_errors=True)
     return seconds
 
 
