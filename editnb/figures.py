@@ -133,7 +133,10 @@ def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup
                 else:
                     _append_output(cell.outputs, msg, clear_pending)
             while True:  # the reply was sent before the idle status, so it is already here
-                reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+                try:
+                    reply = kc.get_shell_msg(timeout=max(1.0, deadline - time.monotonic()))
+                except Empty:
+                    raise CellError(f"cell {index}: the kernel went idle but sent no execute reply", index) from None
                 if reply["parent_header"].get("msg_id") == msg_id:
                     break
             seconds[index] = time.monotonic() - start
