@@ -18,6 +18,9 @@ PROFILES = ("sd15", "toy", "sd15-shaped")
 #: a profile's cap on the chapters' step counts (``Runtime.steps``): sd15-shaped (tests only, random
 #: weights) draws noise, so a handful of steps exercises the code path as well as fifty
 PROFILE_STEPS = {"sd15-shaped": 3}
+#: a profile's cap on the number of items a chapter evaluates (``Runtime.samples``): on sd15-shaped
+#: every item is noise, so four items run each cell's code as fully as forty
+PROFILE_SAMPLES = {"sd15-shaped": 4}
 HUB_HOST = "huggingface.co"
 _OFFLINE_CACHE: dict[str, bool] = {}
 #: The model registry's entry points ("load", "missing_offline"), installed by editnb.models when it
@@ -93,6 +96,13 @@ class Runtime:
         """The number of denoising steps to use where a chapter asks for `n`: `n`, or the profile's
         cap (``PROFILE_STEPS``: 3 on sd15-shaped, whose random weights make pictures of noise)."""
         return min(check_steps(n), PROFILE_STEPS.get(self.profile, n))
+
+    def samples(self, n: int) -> int:
+        """The number of items (edits, scenes, quartets) to evaluate where a chapter asks for `n`:
+        `n`, or the profile's cap (``PROFILE_SAMPLES``: 4 on sd15-shaped, whose numbers mean nothing)."""
+        if not _is_int(n) or n < 1:
+            raise ValueError(f"samples takes a positive number of items, got {n!r}; e.g. rt.samples(24)")
+        return min(int(n), PROFILE_SAMPLES.get(self.profile, n))
 
     def load(self, name: str):
         """Load a model of this profile by its course name (see :mod:`editnb.models`)."""

@@ -142,14 +142,15 @@ def test_toy_editclip_retrieves_pairs_of_the_same_edit_better_than_clip_and_clip
 
 
 def test_exemplar_editing_transfers_the_edit_kind_more_often_than_an_untrained_projection(editor):
-    """48 held-out quartets (all six kinds), s_E = 7, s_I = 1.5, 15 steps, same seeds: how often the
-    oracle reads the query's output as changed the way the exemplar's kind says.  Measured 0.29
-    (trained projection) vs 0.23 (re-initialised projection); asserted with a margin of two quartets."""
+    """48 held-out quartets (all six kinds), s_E = 7, s_I = 1.5, 10 steps, same seeds: how often the
+    oracle reads the query's output as changed the way the exemplar's kind says.  Measured 0.31
+    (trained projection) vs 0.23 (re-initialised projection), 15/48 vs 11/48 (at 15 steps: 0.29 vs
+    0.23); asserted with a margin of two quartets."""
     from editnb.methods.editclip.toy_eval import kind_transferred, transfer, untrained
 
     qs = editclip.quartets(48, kinds=world.EDIT_KINDS)
     rate = lambda ims: np.mean([kind_transferred(im, q.query) for im, q in zip(ims, qs)])  # noqa: E731
-    trained, control = rate(transfer(editor, qs, steps=15)), rate(transfer(untrained(editor), qs, steps=15))
+    trained, control = rate(transfer(editor, qs, steps=10)), rate(transfer(untrained(editor), qs, steps=10))
     assert trained >= control + 2 / 48, (trained, control)
 
 

@@ -33,11 +33,16 @@ def test_clip_tokenizer_gives_clips_ids():
 
 def test_profile_is_selected_by_setup_and_environment(monkeypatch):
     rt = editnb.setup(profile=PROFILE, verbose=False)
-    assert rt.profile == PROFILE and rt.steps(20) == 3
+    assert rt.profile == PROFILE and rt.steps(20) == 3 and rt.steps(2) == 2
+    assert rt.samples(24) == 4 and rt.samples(3) == 3  # a cap, never more items than asked
     monkeypatch.setenv("EDITNB_PROFILE", PROFILE)
     rt = editnb.setup(verbose=False)
     assert rt.profile == PROFILE
-    assert editnb.setup(profile="toy", verbose=False).steps(20) == 20
+    toy = editnb.setup(profile="toy", verbose=False)
+    assert toy.steps(20) == 20 and toy.samples(24) == 24
+    for bad in (0, -3, 2.5, "4"):
+        with pytest.raises(ValueError, match="samples takes a positive number of items"):
+            toy.samples(bad)
 
 
 # ------------------------------------------------------------------ the architectures
