@@ -149,3 +149,28 @@ def test_frontend_detection_counts_subclasses_of_the_kernel_shell(monkeypatch):
     monkeypatch.setattr(IPython, "get_ipython", lambda: colab_like)
     monkeypatch.setenv("EDITNB_STATIC", "1")
     assert not _frontend_available()
+
+
+def test_explorer_numbers_repeated_words_so_each_occurrence_is_its_own_option():
+    tokens = [("a", [1]), ("red", [2]), ("circle", [3]), ("and", [4]), ("a", [5]), ("blue", [6, 7])]
+    options = vattn.explorer_words(tokens)
+    assert options == [("a (1)", 0), ("red", 1), ("circle", 2), ("and", 3), ("a (2)", 4), ("blue", 5)]
+    assert len({value for _, value in options}) == len(tokens)  # no two labels share a map
+
+
+@pytest.mark.parametrize("sides, grounded", [((16, 8), 8), ((64, 32, 16, 8), 16), ((24, 12, 6, 3), 6)])
+def test_explorer_opens_on_the_level_a_quarter_of_the_latent_side(sides, grounded):
+    """toy-sd: 8x8 of 16; SD 1.5: 16x16 of 64 (P2P's blend level); sd15-shaped: 6x6 of 24."""
+    from types import SimpleNamespace
+
+    sites = {f"block{k}.attn2.processor": SimpleNamespace(resolution=r, kind="cross") for k, r in enumerate(sides)}
+    store = SimpleNamespace(sites=sites, layers=lambda kind: list(sites))
+    assert store.sites[vattn.grounded_layer(store)].resolution == grounded
+
+
+def test_grid_explorer_needs_every_pair_of_the_grid_and_is_none_without_a_frontend(monkeypatch):
+    images = {(a, b): np.zeros((8, 8, 3), np.uint8) for a in (1.0, 7.0) for b in (0.5, 1.5)}
+    monkeypatch.setenv("EDITNB_STATIC", "1")
+    assert vattn.grid_explorer(images, (1.0, 7.0), (0.5, 1.5)) is None
+    with pytest.raises(ValueError, match=r"no result for \[\(12.0, 0.5\)"):
+        vattn.grid_explorer(images, (1.0, 7.0, 12.0), (0.5, 1.5))

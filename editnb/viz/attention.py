@@ -323,7 +323,7 @@ def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
     With a live Jupyter frontend it returns an ipywidgets panel; without one (nbval, scripts) it
     draws the static per-word figure for all steps instead, so the notebook still shows a result.
     """
-    words = [w for w, _ in word_tokens(tokenizer, prompt)]
+    tokens = word_tokens(tokenizer, prompt)
     layers = store.layers("cross")
     if not _frontend_available():
         return cross_attention_row(image, word_maps(store, tokenizer, prompt, index=index),
@@ -331,13 +331,15 @@ def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    word = W.Dropdown(options=words, value=words[min(2, len(words) - 1)], description="word")
+    word = W.Dropdown(options=explorer_words(tokens), value=min(2, len(tokens) - 1), description="word")
     step = W.IntSlider(min=0, max=max(store.steps), value=max(store.steps) // 2, description="step")
-    layer = W.Dropdown(options=layers, value=layers[0], description="layer", layout=W.Layout(width="60%"))
+    layer = W.Dropdown(options=[(f"{n.split('.processor')[0]} ({store.sites[n].resolution}x{store.sites[n].resolution})", n)
+                                for n in layers],
+                       value=grounded_layer(store), description="layer", layout=W.Layout(width="60%"))
     out = W.Output()
 
     def draw(*_):
-        toks = dict(word_tokens(tokenizer, prompt))[word.value]
+        label, toks = tokens[word.value]
         m = store.maps[(layer.value, step.value)][index]
         res = int(m.shape[0] ** 0.5)
         with out:
@@ -346,7 +348,7 @@ def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
             wm = m[:, toks].mean(-1).reshape(res, res)
             artist = _map_over_grey(ax, image, wm, vmin=0, vmax=float(wm.max()))
             fig.colorbar(artist, ax=ax, fraction=0.046, pad=0.02).set_label("attention probability", fontsize=7)
-            ax.set_title(f"'{word.value}' step {step.value}\n{layer.value.split('.processor')[0]}", fontsize=7)
+            ax.set_title(f"'{label}' step {step.value}\n{layer.value.split('.processor')[0]} ({res}x{res})", fontsize=7)
             ax.axis("off")
             plt.show()
 
@@ -354,6 +356,66 @@ def attention_explorer(store, tokenizer, prompt: str, image, index: int = 0):
         w.observe(draw, names="value")
     draw()
     return W.VBox([W.HBox([word, step]), layer, out])
+
+
+def grid_explorer(images: dict, row_values, col_values, row_name: str = "s_E", col_name: str = "s_I",
+                  value=None, notes: dict | None = None):
+    """Sliders over a guidance grid already computed (``images[(row, col)]``): with a live Jupyter
+    frontend, an ipywidgets panel that shows the result of the chosen pair of scales (and its note,
+    e.g. a measure); without one (nbval, scripts) None, since the static grid is the figure there."""
+    missing = [(r, c) for r in row_values for c in col_values if (r, c) not in images]
+    if missing:
+        raise ValueError(f"images has no result for {missing[:3]}{' ...' if len(missing) > 3 else ''}; "
+                         f"it needs one per ({row_name}, {col_name}) pair of the grid")
+    if not _frontend_available():
+        return None
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    row_value, col_value = value if value is not None else (row_values[len(row_values) // 2], col_values[len(col_values) // 2])
+    row = W.SelectionSlider(options=list(row_values), value=row_value, description=row_name)
+    col = W.SelectionSlider(options=list(col_values), value=col_value, description=col_name)
+    out = W.Output()
+
+    def draw(*_):
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(2.4, 2.6))
+            ax.imshow(to_numpy(images[(row.value, col.value)]), interpolation="nearest")
+            note = f"\n{notes[(row.value, col.value)]}" if notes else ""
+            ax.set_title(f"{row_name}={row.value}, {col_name}={col.value}{note}", fontsize=8)
+            ax.axis("off")
+            plt.show()
+
+    row.observe(draw, names="value")
+    col.observe(draw, names="value")
+    draw()
+    return W.VBox([W.HBox([row, col]), out])
+
+
+def explorer_words(tokens: list[tuple[str, list[int]]]) -> list[tuple[str, int]]:
+    """Dropdown options (label, position in `tokens`) for the words of a prompt; a word that occurs
+    more than once is numbered ("a (1)", "a (2)"), so that each occurrence shows its own map."""
+    counts: dict[str, int] = {}
+    for w, _ in tokens:
+        counts[w] = counts.get(w, 0) + 1
+    seen: dict[str, int] = {}
+    options = []
+    for k, (w, _) in enumerate(tokens):
+        seen[w] = seen.get(w, 0) + 1
+        options.append((f"{w} ({seen[w]})" if counts[w] > 1 else w, k))
+    return options
+
+
+def grounded_layer(store) -> str:
+    """The first cross-attention layer at the level where word maps sit on their objects: the level
+    nearest a quarter of the finest one (the latent side), as Prompt-to-Prompt's local blend reads
+    (SD 1.5: 16x16 of 64; toy-sd: 8x8 of 16)."""
+    layers = store.layers("cross")
+    sides = {store.sites[n].resolution for n in layers}
+    want = max(sides) // 4
+    level = min(sides, key=lambda r: (abs(r - want), r))
+    return next(n for n in layers if store.sites[n].resolution == level)
 
 
 def _frontend_available() -> bool:
