@@ -67,9 +67,10 @@ _ipc_nbval_kernels()
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest items first (the sd15-shaped chapter runs, then the notebooks), so that the
-    workers finish together.  The test command keeps this order (``--dist loadscope
-    --no-loadscope-reorder``): a scope (a notebook's cells, which share its kernel; a test module;
-    a test class) goes whole to one worker, and the scopes in this order."""
-    items.sort(key=lambda item: 0 if "test_chapters_sd15_shaped" in item.nodeid else
+    """The longest items first (the whole-chapter runs on sd15-shaped, headless or in the browser,
+    then the notebooks), so that the workers finish together.  The test command keeps this order
+    (``--dist loadscope --no-loadscope-reorder``): a scope (a notebook's cells, which share its
+    kernel; a test module; a test class) goes whole to one worker, and the scopes in this order."""
+    chapter_runs = ("tests/test_chapters_sd15_shaped.py", "tests/test_browser.py")
+    items.sort(key=lambda item: 0 if item.nodeid.startswith(chapter_runs) else
                1 if type(item).__name__ == "IPyNbCell" else 2)

@@ -97,20 +97,23 @@ def start_kernel(kernel_name: str = "python3", kernel_spec_manager=None, startup
     return km, kc
 
 
-def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup_timeout: float = 120):
+def execute_notebook(nb, cwd: str | Path, timeout: float = CELL_TIMEOUT, startup_timeout: float = 120,
+                     desc: str | None = None):
     """Run every code cell of notebook `nb` (an nbformat node, changed in place) in a fresh
     ``python3`` kernel started in folder `cwd`, each cell within `timeout` seconds.  The kernel
     inherits this process's environment.  Returns each code cell's wall time in seconds, by cell
     index.  Raises :class:`CellError` on the first cell that raises (its traceback), passes its
-    deadline (the kernel's stacks) or kills its kernel."""
+    deadline (the kernel's stacks) or kills its kernel.  A progress bar over the cells (`desc`)
+    shows unless progress bars are off (the tests)."""
     from queue import Empty
+
+    from .runtime import progress
 
     km, kc = start_kernel(startup_timeout=startup_timeout, cwd=str(cwd))
     seconds = {}
+    code = [(index, cell) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"]
     try:
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
+        for index, cell in progress(code, desc=desc, unit="cell"):
             cell.outputs, clear_pending = [], []
             msg_id = kc.execute(cell.source, allow_stdin=False)
             start = time.monotonic()
@@ -159,8 +162,7 @@ def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy
         raise RuntimeError(f"no notebooks found in {NOTEBOOKS_DIR}")
     out = Path(out)
     os.environ["EDITNB_PROFILE"] = profile  # the kernel inherits it; setup() obeys it
-    os.environ.setdefault("EDITNB_NO_PROGRESS", "1")
-    os.environ.setdefault("EDITNB_STATIC", "1")
+    os.environ.setdefault("EDITNB_STATIC", "1")  # headless: no frontend to show widgets
     written = []
     for path in paths:
         if not path.exists():
@@ -168,7 +170,7 @@ def run_notebooks(notebooks=(), out: str | Path = "figures", profile: str = "toy
         nb = nbformat.read(path, as_version=4)
         print(f"running {path.name} ...", flush=True)
         try:
-            seconds = execute_notebook(nb, cwd=path.parent, timeout=timeout)
+            seconds = execute_notebook(nb, cwd=path.parent, timeout=timeout, desc=path.stem)
         except CellError as e:
             first = str(e).strip().splitlines()[0]
             raise RuntimeError(f"{path.name} failed: {first}") from None

@@ -14,4 +14,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints/ci.txt 
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-export EDITNB_PROFILE=toy HF_HUB_OFFLINE=1 EDITNB_NO_PROGRESS=1 EDITNB_STATIC=1
+# progress bars stay on for the main job; the test suite turns them off (conftest.py)
+export EDITNB_PROFILE=toy HF_HUB_OFFLINE=1 EDITNB_STATIC=1
