@@ -27,6 +27,10 @@ TARGETS = {
     "xattn_iou": (">=", 0.4),
     "clipseg_iou": (">=", 0.6),
     "ip_adapter_recall": (">=", 0.5),
+    # toy-sd's attention where ViMAEdit's grounding reads it (P2: Q of Eq. 9; P1: the saliency s_0)
+    "attn_self_entropy_p2": ("<=", 0.85),
+    "attn_self_own_object_p2": (">=", 3.0),
+    "attn_cross_iou_p1": (">=", 0.5),
 }
 SAMPLING = {"steps": 25, "guidance_scale": 5.0, "ip2p_text_guidance": 7.5, "ip2p_image_guidance": 1.5, "seed": 0}
 
@@ -168,6 +172,23 @@ def xattn_iou(n: int = 40) -> float:
     return float(np.mean(ious))
 
 
+def attention_grounding(n: int = 24) -> dict:
+    """toy-sd's attention, level by level, on forward-noised held-out scenes with their exact masks
+    (:func:`editnb.toy.attention_stats.attention_stats`), and the three figures ViMAEdit's
+    grounding depends on: the self-attention at P2 (its row entropy as a fraction of uniform, and
+    how much more a patch attends to its own object than that object's share of the image) and the
+    cross-attention IoU at P1 (see :func:`editnb.methods.vimaedit.grounding.grounding_resolutions`)."""
+    from ..methods.vimaedit.grounding import grounding_resolutions
+    from .attention_stats import attention_stats
+
+    pipe = _load("sd")
+    stats = attention_stats(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, n=n)
+    p1, p2 = grounding_resolutions(pipe.unet)
+    return {"attn_by_level": {f"{r}x{r}": v for r, v in stats.items()},
+            "attn_self_entropy_p2": stats[p2]["self_entropy"], "attn_self_own_object_p2": stats[p2]["self_own_object"],
+            "attn_cross_iou_p1": stats[p1]["cross_iou"]}
+
+
 def _from_image_embeddings(pipe, embeds: torch.Tensor, seeds: list[int]) -> list[list[np.ndarray]]:
     """For each image embedding (n, dim), one sample per seed of `pipe` conditioned on it alone
     (empty prompt, classifier-free guidance against the zero embedding); sample k of every
@@ -290,6 +311,7 @@ METRICS = {
     "t2i_pair": lambda n: {"t2i_pair": t2i_accuracy(2, n or 60)},
     "ip2p": lambda n: ip2p_scores(n or 60),
     "xattn_iou": lambda n: {"xattn_iou": xattn_iou(n or 40)},
+    "attention": lambda n: attention_grounding(n or 24),
     "ip_adapter": lambda n: {**ip_adapter_similarity(n or 40), **ip_adapter_recall(n or 100)},
     "clipseg": lambda n: clipseg_scores(n or 200),
     "iedit": lambda n: iedit_scores(n or 15),
@@ -297,7 +319,8 @@ METRICS = {
     "uip2p": lambda n, matched_ip2p=None: uip2p_scores(n or 36, matched_ip2p),
 }
 CARD_KEYS = {
-    "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr"],
+    "toy-vae": ["vae_psnr"], "toy-clip": ["clip_top1"], "toy-sd": ["t2i_single", "t2i_pair", "xattn_iou", "vae_psnr", "attn_self_entropy_p2",
+               "attn_self_own_object_p2", "attn_cross_iou_p1", "attn_by_level"],
     "toy-ip2p": ["ip2p_success", "ip2p_bg_psnr", "ip2p_success_by_kind"],
     "toy-ip-adapter": ["ip_adapter_sim", "ip_adapter_sim_unrelated", "ip_adapter_recall",
                        "ip_adapter_recall_unrelated", "ip_adapter_recall_per_sample"],
@@ -396,6 +419,7 @@ def print_table(results: dict) -> None:
             print(f"{key:<28}{value}")
             continue
         op, target = TARGETS.get(key, ("", None))
-        mark = "" if target is None else f"{op} {target}  " + ("ok" if value >= target else "below")
+        met = value >= target if op == ">=" else value <= target if target is not None else None
+        mark = "" if target is None else f"{op} {target}  " + ("ok" if met else "missed")
         print(f"{key:<28}{value:>10.3f}  {mark}")
     print(f"(evaluated in {results.get('eval_seconds', 0):.0f} s)")
