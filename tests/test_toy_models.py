@@ -82,6 +82,28 @@ def test_training_smoke(model, tmp_path):
     assert again["steps"] == 2
 
 
+def test_toy_sd_candidates_take_their_shape_from_options_and_init_keeps_its_own(tmp_path):
+    """The attention study's candidates: a third attention level (4x4, as SD 1.5 attends at three of
+    its four levels), other head counts, more layers; exported and loaded as any toy-sd; --init
+    with a shape other than the continued UNet's is refused, not silently ignored."""
+    from diffusers import UNet2DConditionModel
+
+    from editnb.methods.vimaedit.grounding import attention_levels, grounding_resolutions
+    from editnb.toy.train import train
+
+    out = tmp_path / "out"
+    train("sd", steps=1, batch_size=2, work_dir=tmp_path / "work", out_dir=out, checkpoint_minutes=0,
+          options={"levels": 3, "heads": 2})
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    assert attention_levels(unet) == [16, 8, 4] and unet.config.attention_head_dim == 2
+    assert grounding_resolutions(unet) == (4, 8)  # P1 a quarter of the latent side, P2 the next finer
+    with pytest.raises(ValueError, match="continues a UNet of shape"):
+        train("sd", steps=1, batch_size=2, work_dir=tmp_path / "work2", export=False, init=str(out),
+              options={"levels": 2})
+    with pytest.raises(ValueError, match="2 or 3 attention levels"):
+        train("sd", steps=1, batch_size=2, work_dir=tmp_path / "work3", export=False, options={"levels": 5})
+
+
 def _vae_run(tmp_path, **settings):
     """A tiny toy-vae run (no export) in tmp_path/work; `settings` override steps 2, batch 2."""
     from editnb.toy.train import train

@@ -69,20 +69,31 @@ def new_image_processor():
     )
 
 
-def new_unet(in_channels: int = LATENT_CHANNELS):
-    """UNet2DConditionModel on 16x16 latents with self- and cross-attention at 16x16 and 8x8."""
+#: the shipped toy-sd's shape; the candidates of the attention study vary these (``editnb toy train
+#: sd --option levels=3``): see :func:`new_unet`
+UNET_SHAPE = {"levels": 2, "heads": 4, "layers": 1}
+
+
+def new_unet(in_channels: int = LATENT_CHANNELS, levels: int = 2, heads: int = 4, layers: int = 1):
+    """UNet2DConditionModel on 16x16 latents with self- and cross-attention at `levels` resolutions
+    (2: 16x16 and 8x8, the shipped toy-sd; 3: also 4x4, as SD 1.5 attends at three of its four),
+    `heads` attention heads (diffusers' ``attention_head_dim`` is the number of heads) and `layers`
+    resnet + transformer layers per block."""
     from diffusers import UNet2DConditionModel
 
+    if levels not in (2, 3) or heads < 1 or layers < 1:
+        raise ValueError(f"a toy UNet has 2 or 3 attention levels and at least one head and layer; got "
+                         f"levels={levels}, heads={heads}, layers={layers}")
     return UNet2DConditionModel(
         sample_size=RESOLUTION // VAE_DOWNSAMPLING,
         in_channels=in_channels,
         out_channels=LATENT_CHANNELS,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(64, 128),
-        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        block_out_channels=(64, 128, 128)[:levels],
+        layers_per_block=layers,
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=4,
+        attention_head_dim=heads,
         norm_num_groups=32,
     )
 

@@ -175,8 +175,10 @@ class SDTask(_Task):
     name = "sd"
     caption_dropout = 0.1
 
-    def __init__(self, device, recipe, seed):
+    def __init__(self, device, recipe, seed, **shape):
         self.device, self.recipe, self.seed = device, recipe, seed
+        shape = {k: v for k, v in shape.items() if v is not None}  # None: the shipped shape, or --init's
+        self.shape = {**arch.UNET_SHAPE, **shape}  # the UNet's levels, heads, layers
         self.tok = _load_tokenizer()
         self.text_encoder = _load_frozen("toy-clip", device)
         self.vae = _load_frozen("toy-vae", device)
@@ -187,12 +189,17 @@ class SDTask(_Task):
 
             self.unet = UNet2DConditionModel.from_pretrained(recipe.init, subfolder="unet",
                                                              dtype=torch.float32).to(device)
+            c = self.unet.config
+            held = {"levels": len(c.down_block_types), "heads": c.attention_head_dim, "layers": c.layers_per_block}
+            if any(self.shape[k] != held[k] for k in shape):
+                raise ValueError(f"--init {recipe.init} continues a UNet of shape {held}; the options ask for "
+                                 f"{ {k: shape[k] for k in shape} }: drop them, or train a new UNet without --init")
             self.previous = _training_record(Path(recipe.init))
         else:
             self.unet = self.new_unet().to(device)
 
     def new_unet(self):
-        return arch.new_unet()
+        return arch.new_unet(**self.shape)
 
     def trainable(self):
         return self.unet

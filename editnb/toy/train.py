@@ -20,6 +20,7 @@ from ..methods.iedit.task import IEditTask
 from ..methods.uip2p import task as uip2p_task
 from ..models import models_dir
 from ..training import Recipe, fit
+from . import architectures as arch
 from .cards import write_card
 from .tasks import TASKS as TOY_TASKS
 from .weights import share_weights
@@ -33,7 +34,7 @@ MODELS = tuple(TASKS)
 RECIPES = {
     "vae": Recipe(steps=1200, batch_size=16, lr=1e-3),
     "clip": Recipe(steps=1200, batch_size=128, lr=5e-4, weight_decay=0.05),
-    "sd": Recipe(steps=3900, batch_size=128, lr=7e-4, ema_decay=0.999),
+    "sd": Recipe(steps=3900, batch_size=128, lr=7e-4, ema_decay=0.999, options=dict.fromkeys(arch.UNET_SHAPE)),
     "ip2p": Recipe(steps=3200, batch_size=128, lr=5e-4, ema_decay=0.999, options={"frozen": [], "kind_share": {}}),  # then continued, see the script
     # The shipped adapter: this recipe's first 3400 steps were run with 5% of captions dropped, and the
     # adapter did not carry the image (its image branch never sees the caption, and a ToyWorld caption
