@@ -11,8 +11,10 @@ take an explicit ``features`` object: :func:`clip_features` (any CLIPModel: ViT-
 name in the tables (toy-LPIPS, toy-FID, toy-DINO, toy-structure): they follow the standard
 recipe with toy features and are NOT comparable to the published figures.
 
-Images are anything :func:`editnb.images.to_numpy` takes; masks are boolean (H, W) arrays with
-True on the edited region.
+Images are anything :func:`editnb.images.to_numpy` takes; masks anything
+:func:`editnb.images.as_mask` takes (one reader for every metric: soft masks thresholded at 0.5 of
+their scale), True on the edited region.  Metrics over lists pair them item by item and refuse
+lists of different lengths.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 from .features import ClipFeatures, clip_features  # noqa: F401  (part of the metrics API)
 from . import pixels
-from .images import to_numpy
+from .images import as_mask, to_numpy
 
 # ------------------------------------------------------------------ pixels
 
@@ -37,10 +39,29 @@ def _pair(a, b):
 
 
 def _mask(mask, shape) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.ndim != 2 or m.shape != tuple(shape[:2]):
-        raise ValueError(f"mask of shape {m.shape} does not match images of size {tuple(shape[:2])}")
-    return m.astype(bool)
+    """The mask as every metric reads it (:func:`editnb.images.as_mask`), at the images' size."""
+    m = as_mask(mask)
+    if m.shape != tuple(shape[:2]):
+        raise ValueError(f"mask of shape {m.shape} does not match images of size {tuple(shape[:2])}; "
+                         "resize it nearest-neighbour")
+    return m
+
+
+def _count(items) -> int:
+    """How many items a metric argument holds: a list's length, a batch's first dimension (a 4-D
+    array or tensor), else one (an image, a mask, a caption)."""
+    if isinstance(items, (list, tuple)):
+        return len(items)
+    return int(items.shape[0]) if getattr(items, "ndim", 0) == 4 else 1
+
+
+def _same_length(**named) -> None:
+    """Refuse arguments that pair item by item but hold different numbers of items (``zip`` would
+    drop the extra ones, and a cosine would broadcast one row against many)."""
+    counts = {name: _count(items) for name, items in named.items()}
+    if len(set(counts.values())) > 1:
+        raise ValueError("these arguments pair item by item, so they need as many items each; got "
+                         + ", ".join(f"{name}: {n}" for name, n in counts.items()))
 
 
 def _to_unit_tensor(x: np.ndarray) -> torch.Tensor:
@@ -165,7 +186,7 @@ def ssim_masked(a, b, mask) -> tuple[float, float]:
 
 def mask_iou(pred, true) -> float:
     """Intersection over union of two boolean masks (1.0 when both are empty)."""
-    p, t = np.asarray(pred, bool), np.asarray(true, bool)
+    p, t = as_mask(pred), as_mask(true)
     if p.shape != t.shape:
         raise ValueError(f"masks differ in shape: {p.shape} vs {t.shape}")
     union = (p | t).sum()
@@ -182,6 +203,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def clip_similarity(features: ClipFeatures, images, texts) -> np.ndarray:
     """Cosine similarity between each image and its text (CLIP-T of MagicBrush; the cosine inside
     both :func:`clip_score` and :func:`clipscore_hessel`)."""
+    _same_length(images=images, texts=texts)
     return _cos(features.images(images), features.texts(texts)).cpu().numpy()
 
 
@@ -205,17 +227,20 @@ def clipscore_hessel(features: ClipFeatures, images, texts, w: float = HESSEL_W)
 
 def clip_region_similarity(features: ClipFeatures, images, texts, masks) -> np.ndarray:
     """PIE-Bench's edited-region CLIP similarity: pixels outside the mask blacked out."""
+    _same_length(images=images, texts=texts, masks=masks)
     ims = [to_numpy(im) * _mask(m, to_numpy(im).shape)[..., None] for im, m in zip(images, masks)]
     return clip_similarity(features, ims, texts)
 
 
 def clip_image_similarity(features: ClipFeatures, images_a, images_b) -> np.ndarray:
     """CLIP-I (MagicBrush): cosine similarity between the image embeddings of two images."""
+    _same_length(images_a=images_a, images_b=images_b)
     return _cos(features.images(images_a), features.images(images_b)).cpu().numpy()
 
 
 def clip_directional_similarity(features: ClipFeatures, sources, outputs, source_captions, target_captions) -> np.ndarray:
     """EditCLIP supplement Eq. 2: cos(F(I_q) - F(I_o), G(T_q) - G(T_o))."""
+    _same_length(sources=sources, outputs=outputs, source_captions=source_captions, target_captions=target_captions)
     di = features.images(sources) - features.images(outputs)
     dt = features.texts(source_captions) - features.texts(target_captions)
     return _cos(di, dt).cpu().numpy()
@@ -226,12 +251,14 @@ def clip_instruction_similarity(features: ClipFeatures, sources, outputs, instru
 
     The supplement prints cos(F(I_q) - F(I_o), G(T)); we use the edit direction
     F(I_o) - F(I_q) so that a faithful edit scores positive, as Eq. 2 does on both sides."""
+    _same_length(sources=sources, outputs=outputs, instructions=instructions)
     di = features.images(outputs) - features.images(sources)
     return _cos(di, features.texts(instructions)).cpu().numpy()
 
 
 def s_visual(features: ClipFeatures, queries, outputs, exemplar_inputs, exemplar_edits) -> np.ndarray:
     """EditCLIP supplement Eq. 4 (Nguyen et al. 2023): cos(F(I_q) - F(I_o), F(I_i) - F(I_e))."""
+    _same_length(queries=queries, outputs=outputs, exemplar_inputs=exemplar_inputs, exemplar_edits=exemplar_edits)
     a = features.images(queries) - features.images(outputs)
     b = features.images(exemplar_inputs) - features.images(exemplar_edits)
     return _cos(a, b).cpu().numpy()
@@ -240,6 +267,7 @@ def s_visual(features: ClipFeatures, queries, outputs, exemplar_inputs, exemplar
 def ec2t(edit_encoder, text_features, queries, outputs, instructions) -> np.ndarray:
     """EditCLIP's EC2T: cos(E(I_q, I_o), G(T)) with an edit encoder E (pairs -> embeddings) and
     the text embeddings of the instructions in the same space."""
+    _same_length(queries=queries, outputs=outputs, instructions=instructions)
     e = F.normalize(edit_encoder(queries, outputs).float(), dim=-1)
     t = F.normalize(text_features(instructions).float(), dim=-1)
     return _cos(e, t.to(e.device)).cpu().numpy()
@@ -247,6 +275,7 @@ def ec2t(edit_encoder, text_features, queries, outputs, instructions) -> np.ndar
 
 def ec2ec(edit_encoder, queries, outputs, exemplar_inputs, exemplar_edits) -> np.ndarray:
     """EditCLIP's EC2EC: cos(E(I_q, I_o), E(I_i, I_e)): is the output's edit the exemplar's edit?"""
+    _same_length(queries=queries, outputs=outputs, exemplar_inputs=exemplar_inputs, exemplar_edits=exemplar_edits)
     a = edit_encoder(queries, outputs).float()
     b = edit_encoder(exemplar_inputs, exemplar_edits).float()
     return _cos(a, b).cpu().numpy()
@@ -457,6 +486,7 @@ def dino_embeddings(model, images) -> torch.Tensor:
 def dino_similarity(model, images_a, images_b) -> np.ndarray:
     """MagicBrush's DINO score: cosine similarity of the DINO ViT-S/16 embeddings (registry
     ``"dino-s16"``) of each output and its ground-truth target."""
+    _same_length(images_a=images_a, images_b=images_b)
     return _cos(dino_embeddings(model, images_a), dino_embeddings(model, images_b)).cpu().numpy()
 
 
@@ -464,6 +494,7 @@ def dino_similarity(model, images_a, images_b) -> np.ndarray:
 def toy_dino_similarity(features: ClipFeatures, images_a, images_b) -> np.ndarray:
     """toy-DINO: the DINO score's recipe (cosine of the vision transformer's final-norm [CLS]
     token, before any projection) on toy-clip's vision tower; not comparable to DINO figures."""
+    _same_length(images_a=images_a, images_b=images_b)
     def cls(images):
         ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
         px = features.processor(images=ims, return_tensors="pt").pixel_values.to(features.device, features.model.dtype)

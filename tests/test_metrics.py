@@ -56,6 +56,42 @@ def test_mask_iou():
     assert M.mask_iou(p, p) == 1.0
 
 
+def test_every_metric_reads_a_soft_mask_as_the_mask_reader_does():
+    """A probability map (0.05 outside, 0.95 inside) is the mask it thresholds to at 0.5: reading
+    any value above 0 as "edit" made the whole image the edit, and the background PSNR infinite."""
+    a, b = img(0), img(0)
+    b[:8] = 255
+    b[8:] = 20  # the background differs a little
+    hard = np.zeros((16, 16), bool)
+    hard[:8] = True
+    soft = np.where(hard, 0.95, 0.05)
+    for metric in (M.mse, M.psnr, M.l1, M.ssim):
+        for region in ("background", "edit"):
+            assert metric(a, b, soft, region) == pytest.approx(metric(a, b, hard, region)), (metric.__name__, region)
+    assert M.psnr(a, b, soft, "background") == pytest.approx(10 * math.log10(1 / 0.5 / (20 / 255) ** 2))
+    assert M.ssim_masked(a, b, soft) == pytest.approx(M.ssim_masked(a, b, hard), nan_ok=True)
+    assert M.mask_iou(soft, hard) == 1.0
+    with pytest.raises(ValueError, match=r"a float mask is in \[0, 1\]"):  # logits: refused, not read as a mask
+        M.mse(a, b, soft * 10 - 5, "edit")
+
+
+def test_list_metrics_refuse_lists_of_different_lengths_naming_them():
+    class Features:  # never reached: the lengths are checked first
+        def images(self, _):
+            raise AssertionError("computed before checking")
+        texts = images
+
+    out, src, mask = img(0), img(9), np.ones((16, 16), bool)
+    with pytest.raises(ValueError, match="images: 2, texts: 2, masks: 1"):
+        M.clip_region_similarity(Features(), [out, src], ["t", "t"], [mask])
+    with pytest.raises(ValueError, match="images: 2, texts: 1"):
+        M.clip_similarity(Features(), [out, src], ["t"])
+    with pytest.raises(ValueError, match="sources: 1, outputs: 2"):
+        M.clip_instruction_similarity(Features(), [src], [out, out], ["t"])
+    with pytest.raises(ValueError, match="images_a: 3, images_b: 2"):
+        M.clip_image_similarity(Features(), np.zeros((3, 16, 16, 3), np.uint8), [out, src])
+
+
 def test_frechet_distance_by_hand():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4000, 2))
