@@ -25,7 +25,7 @@ import torch
 from . import layout as _layout
 from . import pixels
 from .images import fit, model_resolution, pil_to_tensor, tensor_to_pil
-from .runtime import check_prompts, check_steps
+from .runtime import check_number, check_prompts, check_scale, check_steps
 from .layout import BatchLayout
 from .models import tokenize
 
@@ -168,6 +168,8 @@ class Conditioning:
 
     def __post_init__(self):
         n = self.cond.shape[0]
+        check_scale(self.guidance, "guidance (the text guidance s_T)")  # before any UNet call
+        check_scale(self.image_guidance, "image_guidance (s_I)")
         if self.uncond is not None and self.uncond.shape != self.cond.shape:
             raise ValueError(f"uncond states {tuple(self.uncond.shape)} must match cond {tuple(self.cond.shape)}")
         if self.image_latents is not None and self.uncond is None:
@@ -300,7 +302,7 @@ def noise_to_strength(pipe, z0, strength: float, steps: int, generator, schedule
     """Noise a clean latent to the timestep where a `strength` fraction of the schedule remains
     (SDEdit, Meng et al. 2022).  Returns (noisy latent, index of the first step to run)."""
     steps = check_steps(steps)
-    if not 0.0 < strength <= 1.0:
+    if not 0.0 < check_number(strength, "strength", "0.6") <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     sched = make_scheduler(pipe, scheduler)
     sched.set_timesteps(steps, device=z0.device)

@@ -24,6 +24,7 @@ from contextlib import nullcontext
 import torch
 
 from . import diffusion
+from .runtime import check_scale
 from .attention import attach
 
 INVERSIONS = ("ddim", "direct")
@@ -71,6 +72,8 @@ def dual_branch(pipe, source_prompt: str, target_prompt: str, *, image=None, inv
     ``result.found`` holds the controller and, with an image, the inversion trajectory.
     """
     diffusion.check_generator(generator)
+    check_scale(guidance, "guidance")  # before the inversion: a NaN would only show after it
+    check_scale(inversion_guidance, "inversion_guidance")
     if inversion not in INVERSIONS:
         raise ValueError(f"inversion must be one of {INVERSIONS}, got {inversion!r}")
     if scheduler not in diffusion.SCHEDULERS:

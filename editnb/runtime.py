@@ -214,6 +214,35 @@ def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+def check_number(value, name: str, example: str = "7.5") -> float:
+    """`value` as a finite real number, or a ValueError naming `name` (a string, a bool, None, NaN or
+    inf would otherwise run a whole edit and fail deep inside torch, or give NaN images)."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, e.g. {name}={example}; got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, e.g. {name}={example}; got {value!r}")
+    return float(value)
+
+
+def check_scale(value, name: str = "guidance"):
+    """A guidance scale as the samplers take it: a finite number, or a list, array or tensor of
+    finite numbers (one per item, or a per-pixel map); returned unchanged."""
+    import torch
+
+    if isinstance(value, (bool, str, bytes)) or value is None:
+        check_number(value, name)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        check_number(value, name)
+        return value
+    try:
+        values = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, one number per item, or a map of numbers; got {value!r}") from None
+    if values.dtype == torch.bool or not torch.isfinite(values.double()).all():
+        raise ValueError(f"{name} must hold finite numbers; got {value!r}")
+    return value
+
+
 def check_seed(seed) -> int:
     """`seed` as an int in [0, 2**32), or a ValueError saying how to pass one."""
     if not _is_int(seed) or not 0 <= seed < 2 ** 32:
