@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from editnb import cli
 from editnb.bench import data as D
@@ -27,6 +28,17 @@ def _identity(ctx, item, generator, steps, gain: float = 1.0):
 def _other(ctx, item, generator, steps):
     """Another free method."""
     return item.image
+
+
+@R.register("robust-seeded", needs=("target_prompt",))
+def _seeded(ctx, item, generator, steps, pause: float = 0.0):
+    """The source image plus noise from the run's seed (runs of two seeds differ in every image);
+    `pause` seconds per item, so that two concurrent runs overlap."""
+    import time
+
+    time.sleep(pause)
+    noise = torch.randint(0, 60, np.asarray(item.image).shape, generator=generator).numpy()
+    return (np.asarray(item.image).astype(int) + noise).clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +200,119 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, args, message):
     code = cli.main(["bench", "run", "--method", "robust-identity", "--out", str(tmp_path / "run"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ round two: data, folders, writers
+
+
+def _race(data, out, seeds, barrier):
+    """One `bench run` of robust-seeded into `out` with each seed, started together in processes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")  # the registered test methods come along
+    results = ctx.Queue()
+
+    def one(seed):
+        barrier.wait()
+        try:
+            _run("robust-seeded", data, out, seed=seed, limit=4, options={"pause": 0.3})
+            results.put((seed, "ok"))
+        except ValueError as e:
+            results.put((seed, str(e)))
+
+    procs = [ctx.Process(target=one, args=(seed,)) for seed in seeds]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return dict(results.get(timeout=5) for _ in procs)
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 0)])
+def test_two_concurrent_runs_into_one_folder_never_leave_a_row_with_an_image_not_its_own(pie, tmp_path, seeds):
+    """Two processes start into the same new folder at the same moment: with other settings exactly
+    one claims it and the other is refused before its first item; with the same settings both finish.
+    Every row's image is its own (its digest), and reading the folder checks that."""
+    import multiprocessing as mp
+
+    out = tmp_path / "run"
+    outcome = _race(pie, out, seeds, mp.get_context("fork").Barrier(2))
+    refused = [seed for seed, what in outcome.items() if what != "ok"]
+    if seeds[0] != seeds[1]:
+        assert len(refused) == 1 and "is the folder of another run" in outcome[refused[0]], outcome
+    else:
+        assert not refused, outcome
+    winner = json.loads((out / "run.json").read_text())["settings"]["seed"]
+    table_rows = R.rows(out)  # checks every row's image against its digest
+    assert len(table_rows) == 4 and {r["settings"]["seed"] for r in table_rows} == {winner}
+    for row in table_rows:
+        image = (out / "images" / f"{row['id']}.png").read_bytes()
+        assert row["image_sha256"] == __import__("hashlib").sha256(image).hexdigest()
+
+
+def test_a_row_whose_image_was_replaced_or_deleted_is_refused_by_table_and_rescore(pie, tmp_path):
+    out = tmp_path / "run"
+    _run("robust-seeded", pie, out, seed=0, limit=2)
+    first, second = sorted((out / "images").glob("*.png"))
+    from PIL import Image
+
+    own = first.read_bytes()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(first)  # another run's image in this row's place
+    with pytest.raises(ValueError, match=f"the image of item {first.stem} .* is not the one its row was computed from"):
+        R.summarize(out)
+    first.write_bytes(own)
+    second.unlink()  # rescore refuses before it rewrites any row: all or nothing
+    with pytest.raises(ValueError, match=f"item {second.stem} .* has a row but no image"):
+        R.rescore(out, data=pie)
+    (out / "rows" / f"{first.stem}.json").write_text('{"id": "x", "cut')  # a full disk
+    with pytest.raises(ValueError, match=f"{first.stem}.json is not a complete row"):
+        R.rows(out)
+
+
+def test_non_finite_options_are_refused_before_run_json_or_any_item(pie, tmp_path):
+    CALLS.clear()
+    with pytest.raises(ValueError, match=r"option\(s\) \['gain'\] of 'robust-identity' must be finite numbers; got gain=nan"):
+        _run("robust-identity", pie, tmp_path / "run", options={"gain": float("nan")})
+    assert not CALLS and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_types_that_match_no_item_are_refused(own_pie, tmp_path):
+    with pytest.raises(ValueError, match=r"no item of .* has editing type \['9'\]; its types are"):
+        _run("robust-identity", own_pie, tmp_path / "run", types=["9"], limit=None)
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.parametrize("bad_id", ["../escaped", "a/b", ".hidden", "..", ""])
+def test_item_ids_must_be_plain_file_names(own_pie, bad_id):
+    def rename(entries):
+        key = sorted(entries)[0]
+        entries[bad_id] = entries.pop(key)
+    _edit_mapping(own_pie, rename)
+    with pytest.raises(ValueError, match="is not a plain file name"):
+        D.load_pie_bench(own_pie)
+
+
+def test_duplicate_item_ids_are_refused(own_pie):
+    mapping = own_pie / "mapping_file.json"
+    text = mapping.read_text()
+    entries = json.loads(text)
+    key = sorted(entries)[0]
+    twice = text.rstrip().rstrip("}") + f", {json.dumps(key)}: {json.dumps(entries[key])}}}"
+    mapping.write_text(twice)
+    with pytest.raises(ValueError, match=rf"mapping_file.json: the key\(s\) \['{key}'\] appear more than once"):
+        D.load_pie_bench(own_pie)
+
+
+@pytest.mark.parametrize("runs, message", [([0, 10 ** 7], "longer than"), ([10 ** 7, 3], "starts past"),
+                                           ([1, 2, 3], "pairs")])
+def test_masks_that_cannot_belong_to_their_image_name_the_item(own_pie, runs, message):
+    def corrupt(entries):
+        entries[sorted(entries)[0]]["mask"] = runs
+    _edit_mapping(own_pie, corrupt)
+    with pytest.raises(ValueError, match=rf"item 100000 of .*mapping_file.json: its mask: .*({message})"):
+        D.load_pie_bench(own_pie)
+
+
+def test_a_run_spilling_over_the_end_is_clipped_as_the_official_script_does():
+    mask = D.mask_decode([27, 20], (6, 6))  # pixels 27..35 of 36; the other 11 of the run dropped
+    assert mask[4, 3] and mask[4, 4] and mask.sum() == 20 + 2  # the 20-pixel frame + the run's 2 inner pixels

@@ -34,9 +34,11 @@ TYPE_DIRS = {"1": "1_change_object", "2": "2_add_object", "3": "3_delete_object"
 
 
 def mask_decode(encoded, shape=(512, 512)) -> np.ndarray:
-    """Decode a PIE-Bench run-length mask exactly as the benchmark's evaluation does: pairs
-    (start, length) over the row-major flattened image, runs clipped at the end, and the one-pixel
-    frame of the image set to 1 ("to avoid annotation errors in boundary")."""
+    """Decode a PIE-Bench run-length mask as the benchmark's evaluation does: pairs (start, length)
+    over the row-major flattened image, and the one-pixel frame of the image set to 1 ("to avoid
+    annotation errors in boundary").  A run that spills over the image's end is clipped, as the
+    official script clips it; one that starts past the end or is longer than the whole image cannot
+    belong to a mask of this image (another size, or corrupt data) and is refused."""
     h, w = shape
     flat = np.zeros(h * w, bool)
     enc = list(encoded)
@@ -45,7 +47,10 @@ def mask_decode(encoded, shape=(512, 512)) -> np.ndarray:
     for start, length in zip(enc[0::2], enc[1::2]):
         if start < 0 or length < 0:
             raise ValueError(f"negative run ({start}, {length}) in the mask")
-        flat[start:start + min(length, h * w - start)] = True
+        if start >= h * w or length > h * w:  # no mask of this image encodes such a run
+            raise ValueError(f"the run ({start}, {length}) starts past or is longer than the {h}x{w} image's {h * w} "
+                             "pixels: the mask was encoded for another image size, or is corrupt")
+        flat[start:start + min(length, h * w - start)] = True  # a run spilling over the end: clipped, as officially
     mask = flat.reshape(h, w)
     mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
     return mask
@@ -104,10 +109,12 @@ def load_pie_bench(root: str | Path, types=None) -> list[BenchItem]:
         raise ValueError(f"{root} is not a PIE-Bench folder: {mapping.name} is missing "
                          "(expected mapping_file.json and annotation_images/)")
     try:
-        entries = json.loads(mapping.read_text())
+        entries = json.loads(mapping.read_text(), object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as e:
         raise ValueError(f"{mapping} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                          "fix the file or write it again (editnb bench toy-pie)") from None
+    except ValueError as e:  # the duplicate-key hook
+        raise ValueError(f"{mapping}: {e}") from None
     if not isinstance(entries, dict):
         raise ValueError(f"{mapping} must map item ids to entries (a JSON object), got a {type(entries).__name__}")
     wanted = None if types is None else {str(t) for t in types}
@@ -116,6 +123,9 @@ def load_pie_bench(root: str | Path, types=None) -> list[BenchItem]:
         raise ValueError(f"unknown editing types {bad_types}; PIE-Bench's are 0-9: {EDITING_TYPES}")
     items = []
     for key, e in sorted(entries.items()):
+        if not ITEM_ID.fullmatch(key):  # ids name the run's files: "../x" would write outside the run folder
+            raise ValueError(f"item id {key!r} of {mapping} is not a plain file name (letters, digits, '.', '_', "
+                             "'-'; not starting with '.'); rename the item")
         lacking = [f for f in REQUIRED if f not in e] if isinstance(e, dict) else list(REQUIRED)
         if lacking:
             raise ValueError(f"item {key} of {mapping} lacks {lacking}; every PIE-Bench entry has {list(REQUIRED)}")
@@ -131,9 +141,33 @@ def load_pie_bench(root: str | Path, types=None) -> list[BenchItem]:
             id=key, image=image, source_prompt=strip_brackets(e["original_prompt"]),
             target_prompt=strip_brackets(e["editing_prompt"]), instruction=e.get("editing_instruction", ""),
             editing_type=str(e["editing_type_id"]), blend_words=blend,
-            mask=mask_decode(e["mask"], (image.height, image.width)),
+            mask=_item_mask(e["mask"], (image.height, image.width), key, mapping),
             original_prompt=e["original_prompt"], editing_prompt=e["editing_prompt"]))
+    if wanted is not None and not items:
+        present = sorted({str(e["editing_type_id"]) for e in entries.values()})
+        raise ValueError(f"no item of {root} has editing type {sorted(wanted)}; its types are {present}")
     return items
+
+
+#: what an item id may be: a plain file name (PIE-Bench's are 12 digits)
+ITEM_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def _refuse_duplicate_keys(pairs):
+    """json object hook: a key given twice (the last would silently win) is an error."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"the key(s) {twice[:5]} appear more than once in one object, and the last would silently "
+                         "win; each item id (and each field of an item) must be unique")
+    return dict(pairs)
+
+
+def _item_mask(encoded, shape, key: str, mapping: Path) -> np.ndarray:
+    try:
+        return mask_decode(encoded, shape)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"item {key} of {mapping}: its mask: {e}") from None
 
 
 def _missing_root_message(root: Path) -> str:

@@ -125,12 +125,9 @@ def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: i
     ctx = Context(profile)
     settings = S.run_settings(method, steps, seed, ctx.rt.profile, data, opts)
     out = Path(out)
-    S.check_folder(out, settings)
+    S.claim_folder(out, {"method": method, "data": _shown(data), "n_items": len(items), "settings": settings})
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "rows").mkdir(parents=True, exist_ok=True)
-    if process_index == 0:
-        _atomic_write(out / "run.json", json.dumps({"method": method, "data": _shown(data), "n_items": len(items),
-                                                    "settings": settings}, indent=1).encode())
     done_now = 0
     t0 = time.time()
     for item in progress(mine, desc=f"{method} [{process_index}/{num_processes}]"):
@@ -144,7 +141,7 @@ def run(method: str, data: str | Path, out: str | Path, steps: int = 25, seed: i
         buf = _png_bytes(edited)
         _atomic_write(out / "images" / f"{item.id}.png", buf)
         row = {"id": item.id, "method": method, "editing_type": item.editing_type, "seconds": round(seconds, 3),
-               **item_metrics(ctx, item, edited), "settings": settings}
+               **item_metrics(ctx, item, edited), "image_sha256": S.image_digest(buf), "settings": settings}
         _atomic_write(row_path, json.dumps(row).encode())
         done_now += 1
         if stop_after is not None and done_now >= stop_after:
@@ -204,7 +201,17 @@ def _png_bytes(image) -> bytes:
 
 
 def rows(out: str | Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(out, "rows").glob("*.json"))]
+    """The rows of a run folder, each checked: complete JSON, and its image the one it was scored on."""
+    found = []
+    for path in sorted(Path(out, "rows").glob("*.json")):
+        try:
+            row = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a complete row ({e.msg}; a full disk?); delete it and run again with the "
+                             f"same settings to redo item {path.stem}") from None
+        S.check_row_image(row, Path(out))
+        found.append(row)
+    return found
 
 
 def summarize(out: str | Path) -> dict:
