@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--work-dir", default=".editnb-train", help="checkpoint folder (default: .editnb-train)")
-    tr.add_argument("--out", help="output folder (default: data/models/toy-MODEL)")
+    tr.add_argument("--out", help="output folder (default: WORK_DIR/out/toy-MODEL; a shipped model is replaced only "
+                                  "when --out names it, e.g. --out data/models/toy-sd)")
     tr.add_argument("--no-export", action="store_true", help="only train and checkpoint")
     tr.add_argument("--workers", type=int, help="data-rendering processes (default: 0 on CPU, up to 8 on CUDA)")
     tr.add_argument("--init", help="continue from the UNet of this pipeline folder (sd, ip2p), e.g. data/models/toy-ip2p")
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                             device=args.device, seed=args.seed, work_dir=args.work_dir,
                             out_dir=args.out, export=not args.no_export, workers=args.workers,
                             ema_decay=args.ema_decay, init=args.init, options=_options(args.option))
+            out = "(not exported)" if args.no_export else args.out or Path(args.work_dir) / "out" / f"toy-{args.model}"
             print(f"trained {args.model}: {summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min, "
-                  f"final loss {summary['final_loss']:.4f}")
+                  f"final loss {summary['final_loss']:.4f} -> {out}")
         elif args.command == "toy" and args.toy_command == "eval":
             from .toy.evaluate import evaluate, print_table
 
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("editnb: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError, KeyError) as e:
+    except (ValueError, TypeError, RuntimeError, OSError, KeyError) as e:  # a user's error: one line, no traceback
         print(f"editnb: error: {e}", file=sys.stderr)
         return 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import MODEL_HOOKS, current, data_dir, hub_reachable
+from .runtime import MODEL_HOOKS, check_device, current, data_dir, hub_reachable
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def load(name: str, profile: str | None = None, device=None, dtype=None):
 
     rt = current()
     profile = profile or rt.profile
-    device = torch.device(device) if device is not None else rt.device
+    device = check_device(device) if device is not None else rt.device  # a device this machine lacks: refused
     dtype = dtype or rt.dtype
     spec = _spec(name)
     key = (name, profile, str(device), str(dtype))
@@ -202,7 +202,7 @@ def load_ip2p_folder(folder, device=None, dtype=None):
 
     rt = current()
     folder = Path(folder)
-    device = torch.device(device) if device is not None else rt.device
+    device = check_device(device) if device is not None else rt.device
     dtype = dtype or rt.dtype
     if not ((folder / "unet").is_dir() or (folder / UNET_BLOCKS_WEIGHTS).exists()):
         raise ValueError(f"{folder} is neither an InstructPix2Pix pipeline folder (unet/) nor a folder of trained UNet "

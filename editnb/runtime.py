@@ -132,7 +132,7 @@ def setup(profile: str = "auto", device: str | None = None, seed: int = 0, verbo
     global _CURRENT
     seed = check_seed(seed)
     requested, reason = _requested_profile(profile)
-    dev = _check_device(device)
+    dev = check_device(device)
     if requested == "auto":
         if dev.type != "cuda":
             chosen, reason = "toy", "auto: no CUDA GPU"
@@ -162,7 +162,7 @@ def _requested_profile(profile: str) -> tuple[str, str]:
     """(profile asked for, why): an explicit argument beats ``EDITNB_PROFILE``, which beats "auto"."""
     env = os.environ.get("EDITNB_PROFILE") or None
     for value, source in ((profile, "profile argument"), (env, "EDITNB_PROFILE")):
-        if value is not None and value not in PROFILES + ("auto",):
+        if (value is not None or source == "profile argument") and value not in PROFILES + ("auto",):
             raise ValueError(f"unknown profile {value!r} (from the {source}); use 'auto', 'sd15', 'toy' or "
                              "'sd15-shaped' (tests only)")
     if profile != "auto":
@@ -175,7 +175,7 @@ def _requested_profile(profile: str) -> tuple[str, str]:
     return "auto", ""
 
 
-def _check_device(device):
+def check_device(device):
     """A torch.device that this machine has (default: cuda when available, else cpu)."""
     import torch
 

@@ -52,3 +52,50 @@ def test_a_per_pixel_guidance_map_of_finite_numbers_still_runs(random_pipe):
     out = diffusion.text_to_image(random_pipe, ["a red circle", "a blue square"], guidance=torch.tensor([1.0, 7.5]),
                                   steps=2, generator=gen())
     assert len(out.images) == 2
+
+
+# ------------------------------------------------------------------ set-up, loading, training arguments
+
+
+def test_setup_refuses_profile_none_and_load_refuses_a_device_this_machine_lacks():
+    import editnb
+    from editnb import models
+
+    with pytest.raises(ValueError, match="unknown profile None"):
+        editnb.setup(profile=None, verbose=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available; use device='cpu'"):
+            models.load("sd", profile="toy", device="cuda")
+
+
+@pytest.mark.parametrize("setting, message", [({"batch_size": 0}, "--batch-size must be a positive integer"),
+                                              ({"steps": -1}, "--steps must be a positive integer"),
+                                              ({"lr": float("nan")}, "lr must be finite"),
+                                              ({"ema_decay": 1.5}, r"--ema-decay must be in \(0, 1\)")])
+def test_training_arguments_are_checked_before_any_model_is_built(tmp_path, setting, message):
+    from editnb.toy.train import train
+
+    with pytest.raises(ValueError, match=message):
+        train("vae", work_dir=tmp_path / "work", export=False, **{"steps": 2, "batch_size": 2, **setting})
+    assert not (tmp_path / "work").exists()
+
+
+def test_training_without_out_never_replaces_a_shipped_model(tmp_path):
+    from editnb.models import models_dir
+    from editnb.toy.train import train
+
+    shipped = models_dir() / "toy-vae" / "training.json"
+    before = shipped.read_bytes()
+    train("vae", steps=1, batch_size=2, work_dir=tmp_path / "work", checkpoint_minutes=0)
+    assert shipped.read_bytes() == before
+    assert (tmp_path / "work" / "out" / "toy-vae" / "training.json").exists()
+
+
+def test_a_wrongly_typed_option_is_one_line_naming_it(capsys, tmp_path):
+    from editnb import cli
+
+    code = cli.main(["bench", "run", "--method", "sdedit", "--out", str(tmp_path / "run"), "--limit", "1",
+                     "--steps", "2", "--option", "strength=abc"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "strength must be a number" in err

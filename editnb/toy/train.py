@@ -19,6 +19,7 @@ from ..methods.editclip import task as editclip_task
 from ..methods.iedit.task import IEditTask
 from ..methods.uip2p import task as uip2p_task
 from ..models import models_dir
+from ..runtime import check_number
 from ..training import Recipe, fit
 from . import architectures as arch
 from .cards import write_card
@@ -58,6 +59,14 @@ def recipe_for(model: str, steps: int | None = None, batch_size: int | None = No
     for key, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("ema_decay", ema_decay)):
         if value is not None:
             setattr(recipe, key, value)
+    for key in ("steps", "batch_size"):  # before any model is built
+        value = getattr(recipe, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    if check_number(recipe.lr, "lr", "5e-4") <= 0:
+        raise ValueError(f"--lr must be positive, got {recipe.lr!r}")
+    if recipe.ema_decay is not None and not 0 < check_number(recipe.ema_decay, "ema_decay", "0.999") < 1:
+        raise ValueError(f"--ema-decay must be in (0, 1), got {recipe.ema_decay!r}")
     if init is not None:
         if model not in ("sd", "ip2p", "ip-adapter"):
             raise ValueError(f"--init continues a UNet (sd or ip2p) or an IP-Adapter, not {model!r}")
@@ -81,7 +90,9 @@ def train(model: str, steps: int | None = None, batch_size: int | None = None, l
     was made with other settings).  ``options`` are the task's own settings, e.g. iEdit's
     ``{"pairs": 64, "pool": 512}``.
 
-    Returns a summary (steps, final loss, wall time) that also goes into the model card.
+    The weights go to `out_dir`, by default ``work_dir/out/toy-MODEL``: a shipped model in
+    ``data/models/`` is replaced only when `out_dir` names it.  Returns a summary (steps, final
+    loss, wall time) that also goes into the model card.
     """
     recipe = recipe_for(model, steps, batch_size, lr, ema_decay, init, options)
     task, run = fit(lambda dev: TASKS[model](dev, recipe, seed, **recipe.options), recipe, model, seed=seed,
@@ -90,12 +101,13 @@ def train(model: str, steps: int | None = None, batch_size: int | None = None, l
     if task.previous:
         summary["continued_from"] = task.previous
     if export:
-        out = Path(out_dir) if out_dir else models_dir() / f"toy-{model}"
+        # a shipped model is replaced only when asked by name (out_dir=data/models/toy-MODEL)
+        out = Path(out_dir) if out_dir else Path(work_dir) / "out" / f"toy-{model}"
         out.mkdir(parents=True, exist_ok=True)
         run.final.eval()
         task.export(run.final, out)
         (out / "training.json").write_text(json.dumps({**summary, "loss_history": run.history}, indent=1))
         write_card(out, summary)
-        if out.parent == models_dir():
+        if out.resolve().parent == models_dir().resolve():
             share_weights()
     return summary
