@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 def load_image(image) -> Image.Image:
     """A path, PIL image, array (H, W[, C]) or tensor (C, H, W) / (1, C, H, W) -> RGB PIL image.
@@ -46,7 +46,9 @@ def load_image(image) -> Image.Image:
                          "a numpy array or a torch tensor")
     if pil.width == 0 or pil.height == 0:
         raise ValueError(f"the image is empty ({pil.width}x{pil.height})")
-    return _to_rgb(pil)
+    # a phone photo stores its pixels as the sensor saw them and the turn in EXIF: apply it, as
+    # diffusers' load_image does (without the tag, the same image)
+    return _to_rgb(ImageOps.exif_transpose(pil))
 
 
 def _is_tensor(x) -> bool:

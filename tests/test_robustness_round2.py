@@ -99,3 +99,41 @@ def test_a_wrongly_typed_option_is_one_line_naming_it(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "strength must be a number" in err
+
+
+# ------------------------------------------------------------------ words and tokens
+
+
+@pytest.mark.parametrize("prompt, word", [
+    ("a crème brûlée next to a dog", "dog"), ("a café au lait beside a cat", "cat"),
+    ("the dog's toy and a red ball", "ball"), ("a t-shirt with 42 stars on a flag", "flag"),
+    ("naïve art: a fox, a hen (and eggs)", "eggs"), ("straße in münchen with a tram", "tram"),
+])
+def test_words_align_with_the_real_clip_tokenizer_beyond_ascii(prompt, word):
+    """Each word's token positions hold exactly the tokens CLIP gives that word inside the prompt."""
+    from editnb.attention.words import token_indices, word_tokens
+    from editnb.clip_bpe import clip_tokenizer
+
+    tok = clip_tokenizer()
+    ids = tok(prompt).input_ids  # [start, ..., end]
+    words = word_tokens(tok, prompt)
+    assert words[-1][1][-1] == len(ids) - 2  # the words cover every token between start and end
+    for w, positions in words:
+        assert tok.decode(ids[positions[0]:positions[-1] + 1]).replace(" ", "") == w.replace(" ", ""), (w, positions)
+    assert tok.decode([ids[i] for i in token_indices(tok, prompt, word)]).strip() == word
+
+
+def test_a_photo_with_an_exif_orientation_is_loaded_upright(tmp_path):
+    from PIL import Image
+
+    from editnb import images
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display", as a phone held upright writes it
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = images.to_numpy(tmp_path / "phone.jpg")
+    assert upright.shape == (60, 40, 3)  # turned: portrait
+    assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the band is now on top
+    assert images.to_numpy(Image.open(tmp_path / "phone.jpg")).shape == (60, 40, 3)  # an opened PIL image too

@@ -8,9 +8,16 @@ from __future__ import annotations
 import re
 
 
+#: a word of a prompt: a run of letters (any script; apostrophes inside, "don't"), of digits, of
+#: other symbols.  CLIP's pre-tokenizer (letters, single digits, symbols, contractions) never puts a
+#: boundary inside a run of letters, and splits every run this splits, so each word's tokens are
+#: exactly its tokens in the whole prompt (an ASCII-only class split "crème" into "cr", "è", "me"
+#: and shifted every later word)
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+|(?:[^\w\s]|_)+")
+
+
 def _split_words(prompt: str) -> list[str]:
-    # CLIP's pre-tokenizer separates punctuation; do the same so word indices agree
-    return re.findall(r"[A-Za-z0-9']+|[^\sA-Za-z0-9']", prompt.lower())
+    return WORD.findall(prompt.lower())
 
 
 def word_tokens(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:
