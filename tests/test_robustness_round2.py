@@ -137,3 +137,20 @@ def test_a_photo_with_an_exif_orientation_is_loaded_upright(tmp_path):
     assert upright.shape == (60, 40, 3)  # turned: portrait
     assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the band is now on top
     assert images.to_numpy(Image.open(tmp_path / "phone.jpg")).shape == (60, 40, 3)  # an opened PIL image too
+
+
+def test_a_capitalised_blended_word_keeps_p2ps_local_blend(random_pipe, monkeypatch):
+    """PIE-Bench's blended_word "Triangle Triangle" is the prompts' "triangle": the p2p method blends
+    on it, as p2p-pie and vimaedit do (all three read blend words through present_blend_words)."""
+    from types import SimpleNamespace
+
+    from editnb.methods import baselines
+
+    seen = {}
+    monkeypatch.setattr(baselines, "prompt_to_prompt",
+                        lambda *a, **kw: seen.update(kw) or SimpleNamespace(images=[None, "edited"]))
+    item = SimpleNamespace(source_prompt="a red triangle", target_prompt="a blue triangle", image=None,
+                           blend_words=("Triangle", "Triangle"))
+    ctx = SimpleNamespace(model=lambda name: random_pipe)
+    assert baselines.run_p2p(ctx, item, gen(), 2) == "edited"
+    assert seen["blend_words"] == (["Triangle"], ["Triangle"])

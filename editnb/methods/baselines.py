@@ -5,7 +5,7 @@ from .. import diffusion
 from ..attention.words import word_tokens
 from ..models import load_ip2p_folder
 from .registry import register
-from .p2p import prompt_to_prompt
+from .p2p import present_blend_words, prompt_to_prompt
 
 
 @register("source", needs=(), models=())
@@ -42,11 +42,8 @@ def run_p2p(ctx, item, generator, steps, guidance: float = 7.5):
     n_src = len(word_tokens(pipe.tokenizer, item.source_prompt))
     n_tgt = len(word_tokens(pipe.tokenizer, item.target_prompt))
     mode = "replace" if n_src == n_tgt else "refine"
-    src_words = {w for w, _ in word_tokens(pipe.tokenizer, item.source_prompt)}
-    tgt_words = {w for w, _ in word_tokens(pipe.tokenizer, item.target_prompt)}
-    s, t = item.blend_words
-    blend = ([s] if s in src_words else [], [t] if t in tgt_words else [])
     result = prompt_to_prompt(pipe, item.source_prompt, item.target_prompt, mode=mode, guidance=guidance,
                               steps=steps, generator=generator, image=item.image,
-                              blend_words=blend if (blend[0] or blend[1]) else None)
+                              blend_words=present_blend_words(pipe.tokenizer, item.source_prompt, item.target_prompt,
+                                                              item.blend_words))
     return result.images[1]

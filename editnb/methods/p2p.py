@@ -4,6 +4,7 @@ from __future__ import annotations
 from .. import diffusion, editing
 from ..attention.controller import Chain
 from ..attention.p2p import PromptToPrompt
+from ..attention.words import word_tokens
 from ..runtime import check_blend_words, check_prompts, check_steps
 
 
@@ -42,3 +43,16 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, mode: str = "
                               blend=local_blend_hook(ctrl) if ctrl.blend is not None else None)
     out.found["p2p"] = ctrl
     return out
+
+
+def present_blend_words(tokenizer, source_prompt: str, target_prompt: str, blend_words) -> tuple | None:
+    """A benchmark item's (source word, target word), each kept only where its prompt has it (PIE-Bench
+    names the added object as the source word of an "add" edit, for instance), in any case ("Triangle"
+    is the prompt's "triangle"); None if neither is."""
+    if not blend_words:
+        return None
+    s, t = blend_words
+    src = {w for w, _ in word_tokens(tokenizer, source_prompt)}
+    tgt = {w for w, _ in word_tokens(tokenizer, target_prompt)}
+    pair = ([s] if s and s.lower() in src else [], [t] if t and t.lower() in tgt else [])
+    return pair if (pair[0] or pair[1]) else None

@@ -31,6 +31,7 @@ from ...attention.words import word_tokens
 from ...features import ClipFeatures, clip_features
 from ...metrics import mask_iou
 from ...runtime import check_blend_words, check_prompts, check_steps
+from ..p2p import present_blend_words  # noqa: F401  (used by the chapter, runs and tests)
 from .embeddings import IMAGE_EMBEDDING_SCALE, adapter_scale, branch_embeddings
 from .grounding import MODES, Grounding, GroundingStep, StepAttention, blend_alpha, grounding_resolutions
 
@@ -44,18 +45,6 @@ def p2p_mode(tokenizer, source_prompt: str, target_prompt: str) -> str:
     picks ``is_replace_controller``)."""
     same = len(word_tokens(tokenizer, source_prompt)) == len(word_tokens(tokenizer, target_prompt))
     return "replace" if same else "refine"
-
-
-def present_blend_words(tokenizer, source_prompt: str, target_prompt: str, blend_words) -> tuple | None:
-    """A benchmark item's (source word, target word), each kept only where its prompt has it (PIE-Bench
-    names the added object as the source word of an "add" edit, for instance); None if neither is."""
-    if not blend_words:
-        return None
-    s, t = blend_words
-    src = {w for w, _ in word_tokens(tokenizer, source_prompt)}
-    tgt = {w for w, _ in word_tokens(tokenizer, target_prompt)}
-    pair = ([s] if s and s.lower() in src else [], [t] if t and t.lower() in tgt else [])
-    return pair if (pair[0] or pair[1]) else None
 
 
 def p2p_pie(pipe, source_prompt: str, target_prompt: str, image, blend_words=None, *, guidance: float = 7.5,
