@@ -132,7 +132,8 @@ def _bench(args) -> None:
         s = runner.run(args.method, data_path, args.out, steps=args.steps, seed=args.seed, limit=args.limit,
                        profile=args.profile, types=args.types, options=_options(args.option))
         print(runner.markdown(runner.table([args.out])))
-        print(f"{s['items']}/{s['of']} items done; {s['wall_seconds_this_run']:.0f} s in this run")
+        print(f"{s['items']}/{s['of']} items done; {s['wall_seconds_this_run']:.0f} s in this run, "
+              f"{s['load_seconds_this_run']:.0f} s of it loading models (s/item counts the edits alone)")
     elif args.bench_command == "table":
         df = runner.table(args.dirs)
         print(runner.markdown(df))

@@ -242,6 +242,20 @@ def publishing(unet, batch_layout: BatchLayout):
 
 
 @torch.no_grad()
+def check_unet_input(pipe, c: Conditioning) -> None:
+    """The UNet must take what the conditioning gives it: latents alone (text-to-image), or latents
+    and InstructPix2Pix's image latents; the wrong pipeline fails here, not deep in a convolution."""
+    config = pipe.unet.config
+    given = config.out_channels * (2 if c.image_latents is not None else 1)
+    if config.in_channels != given:
+        if c.image_latents is None:
+            raise ValueError(f"this pipeline's UNet takes {config.in_channels} input channels, an InstructPix2Pix UNet "
+                             f"(latents + image); this method samples from text alone and needs a text-to-image "
+                             f"pipeline ({config.out_channels} channels): load 'sd', or use instruct_pix2pix / lime")
+        raise ValueError(f"this pipeline's UNet takes {config.in_channels} input channels; InstructPix2Pix needs "
+                         f"{given} (latents + image): load the 'ip2p' model")
+
+
 def denoise(pipe, latents, cond, uncond=None, guidance=7.5, steps: int = 50, scheduler: str = "ddim",
             start: int = 0, on_step=None, keep_trajectory: bool = False, image_latents=None,
             image_guidance: float = 1.5, step=None):
@@ -262,6 +276,7 @@ def denoise(pipe, latents, cond, uncond=None, guidance=7.5, steps: int = 50, sch
     else:
         c = Conditioning(cond, uncond, guidance, image_latents=image_latents, image_guidance=image_guidance)
     steps = check_steps(steps)
+    check_unet_input(pipe, c)
     if not 0 <= start < steps:
         raise ValueError(f"start must be in [0, {steps}), got {start}")
     sched = make_scheduler(pipe, scheduler)
@@ -362,6 +377,7 @@ def ddim_invert(pipe, image, prompt: str = "", steps: int = 50, guidance: float 
     inv = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     inv.set_timesteps(steps, device=z.device)
     c = _text_conditioning(pipe, prompt, z.shape[0], guidance, image_embeds)
+    check_unet_input(pipe, c)
     traj = [z]
     with publishing(pipe.unet, c.layout):
         for t in inv.timesteps:

@@ -316,3 +316,38 @@ def test_masks_that_cannot_belong_to_their_image_name_the_item(own_pie, runs, me
 def test_a_run_spilling_over_the_end_is_clipped_as_the_official_script_does():
     mask = D.mask_decode([27, 20], (6, 6))  # pixels 27..35 of 36; the other 11 of the run dropped
     assert mask[4, 3] and mask[4, 4] and mask.sum() == 20 + 2  # the 20-pixel frame + the run's 2 inner pixels
+
+
+@R.register("robust-slow-load", needs=("target_prompt",))
+def _slow_load(ctx, item, generator, steps):
+    """Loads a 'model' that takes 0.5 s the first time (through the context), then edits at once."""
+    import time
+
+    if not hasattr(ctx, "_loaded"):
+        start = time.perf_counter()
+        time.sleep(0.5)
+        ctx._loaded = True
+        ctx.load_seconds += time.perf_counter() - start
+    return item.image
+
+
+def test_seconds_per_item_count_the_edit_not_the_first_model_load(pie, tmp_path):
+    summary = _run("robust-slow-load", pie, tmp_path / "run", limit=2)
+    assert summary["load_seconds_this_run"] >= 0.5
+    assert all(r["seconds"] < 0.3 for r in R.rows(tmp_path / "run")), [r["seconds"] for r in R.rows(tmp_path / "run")]
+
+
+def test_context_counts_the_time_spent_in_model_loads(monkeypatch):
+    import time
+
+    ctx = R.Context()
+    monkeypatch.setattr(ctx.rt, "load", lambda name: time.sleep(0.2) or name)
+    assert ctx.model("sd") == "sd" and ctx.load_seconds >= 0.2
+
+
+def test_a_data_file_and_a_folder_without_rows_get_messages_that_say_what_to_pass(pie, tmp_path):
+    with pytest.raises(ValueError, match=r"is a file; the benchmark is the FOLDER .*: pass "):
+        D.load_pie_bench(pie / "mapping_file.json")
+    (tmp_path / "empty" / "rows").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no benchmark results"):
+        R.table([tmp_path / "empty"])

@@ -154,3 +154,115 @@ def test_a_capitalised_blended_word_keeps_p2ps_local_blend(random_pipe, monkeypa
     ctx = SimpleNamespace(model=lambda name: random_pipe)
     assert baselines.run_p2p(ctx, item, gen(), 2) == "edited"
     assert seen["blend_words"] == (["Triangle"], ["Triangle"])
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_a_lime_mask_thinner_than_an_attention_cell_is_dilated_with_a_warning_not_dropped(random_ip2p, width):
+    """A 1-pixel line or 2-pixel stripe vanished when pooled to the attention resolution and the
+    output was plain InstructPix2Pix's, bit for bit."""
+    from editnb.methods import lime
+
+    image = np.full((64, 64, 3), 128, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[30:30 + width, 10:50] = True
+    with pytest.warns(UserWarning, match="dilated to the"):
+        limed = lime.edit(random_ip2p, image, "make the circle blue", mask=mask, steps=2, generator=gen()).image
+    plain = diffusion.instruct_pix2pix(random_ip2p, image, "make the circle blue", text_guidance=2.0, steps=2,
+                                       generator=gen()).image
+    assert not np.array_equal(np.asarray(limed), np.asarray(plain))
+
+
+def test_an_edit_pair_of_two_sizes_is_aligned_before_clips_centre_crop():
+    """Each image of a pair through CLIP's processor alone crops two different regions when their
+    aspect ratios differ; the edited image is resized to its input's size first (stretched, with a
+    warning, when the ratios differ)."""
+    from PIL import Image
+
+    from editnb.methods import editclip
+    from editnb.toy import world
+
+    encoder = editclip.load_editor("toy", device="cpu", dtype=torch.float32).encoder
+    e = world.edit_for("test", 5, "recolor")
+    src, dst = e.source_image(), e.edited_image()
+    wide = np.asarray(Image.fromarray(dst).resize((96, 64), Image.BICUBIC))  # another aspect ratio
+    with pytest.warns(UserWarning, match="another aspect ratio; it was stretched"):
+        got = encoder.pixels([src], [wide])
+    back = np.asarray(Image.fromarray(wide).resize((64, 64), Image.BICUBIC))
+    assert torch.equal(got, encoder.pixels([src], [back]))  # the pair as if the edited image had its input's size
+    big = np.asarray(Image.fromarray(dst).resize((128, 128), Image.BICUBIC))  # same ratio: no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder.pixels([src], [big])
+
+
+# ------------------------------------------------------------------ controllers that meet
+
+
+def test_a_store_around_prompt_to_prompt_records_every_layer_and_sees_p2ps_maps(random_pipe):
+    """An AttentionStore attached around prompt_to_prompt missed every layer where P2P computes the
+    maps itself (7 of 28 per step).  Nested, the store runs after P2P: at a cross-replace step the
+    target's cross-attention it records IS the source's (a word swap of equal length copies it)."""
+    from editnb.attention import AttentionStore, attach
+
+    store = AttentionStore(kinds=("cross", "self"))
+    n_layers = len(random_pipe.unet.attn_processors)
+    with attach(random_pipe.unet, store):
+        prompt_to_prompt(random_pipe, "a red circle", "a blue circle", steps=3, generator=gen(), cross_replace=1.0)
+    for step in range(3):
+        assert len({layer for layer, s in store.maps if s == step}) == n_layers
+    for layer in store.layers("cross"):
+        source, target = store.maps[(layer, 0)]  # the conditional rows: [source, target]
+        assert torch.allclose(source, target), layer
+
+
+def test_contexts_closed_out_of_order_leave_the_unets_own_processors(random_pipe):
+    from editnb.attention import AttentionStore, ObservedAttnProcessor, attach
+
+    own = dict(random_pipe.unet.attn_processors)
+    outer, inner = attach(random_pipe.unet, AttentionStore()), attach(random_pipe.unet, AttentionStore())
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # the outer one first
+    assert all(isinstance(p, ObservedAttnProcessor) for p in random_pipe.unet.attn_processors.values())
+    inner.__exit__(None, None, None)
+    assert not any(isinstance(p, ObservedAttnProcessor) for p in random_pipe.unet.attn_processors.values())
+    assert {k: type(v) for k, v in random_pipe.unet.attn_processors.items()} == {k: type(v) for k, v in own.items()}
+
+
+def test_an_instructpix2pix_pipeline_given_to_a_text_to_image_method_is_refused_by_name(random_ip2p):
+    image = np.zeros((64, 64, 3), np.uint8)
+    for run in (lambda: diffusion.sdedit(random_ip2p, image, "a red circle", steps=2),
+                lambda: diffusion.text_to_image(random_ip2p, ["a red circle"], steps=2),
+                lambda: prompt_to_prompt(random_ip2p, "a red circle", "a blue circle", steps=2, image=image)):
+        with pytest.raises(ValueError, match="an InstructPix2Pix UNet .* needs a text-to-image pipeline"):
+            run()
+
+
+def test_vimaedit_without_image_guidance_runs_on_a_pipeline_with_an_ip_adapter():
+    """Its docstring says any SD pipeline works with image_guidance=False; with the adapter loaded it
+    failed deep in diffusers.  It gives the same edit as the same UNet without the adapter."""
+    from editnb import models
+    from editnb.methods.vimaedit import edit as vm
+
+    with_adapter, plain = models.load("ip-adapter", profile="toy", device="cpu", dtype=torch.float32), \
+        models.load("sd", profile="toy", device="cpu", dtype=torch.float32)
+    args = ("a red circle", "a blue circle", None, ("circle", "circle"))
+    a = vm.vimaedit(with_adapter, *args, image_guidance=False, steps=3, generator=gen()).images[1]
+    b = vm.vimaedit(plain, *args, image_guidance=False, steps=3, generator=gen()).images[1]
+    assert np.abs(np.asarray(a, float) - np.asarray(b, float)).max() <= 1
+
+
+def test_adapter_scale_restores_the_cached_pipelines_scale():
+    """diffusers writes the new scale into each processor's list in place; restoring the saved
+    lists themselves left every later use of the cached pipeline at the edit's weight."""
+    from editnb import models
+    from editnb.methods.vimaedit.embeddings import adapter_scale
+
+    pipe = models.load("ip-adapter", profile="toy", device="cpu", dtype=torch.float32)
+    scales = lambda: [list(p.scale) for p in pipe.unet.attn_processors.values() if hasattr(p, "scale")]  # noqa: E731
+    before = scales()
+    with adapter_scale(pipe, 0.25):
+        assert all(s == [0.25] for s in scales())
+    assert scales() == before

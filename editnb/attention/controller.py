@@ -12,7 +12,7 @@ unchanged, so observation costs nothing where nothing is observed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..layout import BatchLayout
 
@@ -155,3 +155,54 @@ class Chain(Controller):
         super().reset()
         for c in self.controllers:
             c.reset()
+
+
+class Nested(Controller):
+    """Controllers attached one inside another (``attach`` within ``attach``, e.g. an AttentionStore
+    around ``prompt_to_prompt``), run as one: the innermost first, so that an outer observer sees
+    the maps the inner controllers made; needs are the union and biases add up, as in
+    :class:`Chain`, but each controller keeps its own step count (an outer store may have recorded
+    earlier samplings; the inner editor's schedule starts at its own step 0)."""
+
+    def __init__(self, controllers):
+        super().__init__()
+        self.controllers = tuple(controllers)
+
+    @staticmethod
+    def _at(c: Controller, site: Site) -> Site:
+        return replace(site, step=c.step)
+
+    def wants(self, site):
+        needs = NOTHING
+        for c in self.controllers:
+            needs = needs | c.wants(self._at(c, site))
+        return needs
+
+    def forward(self, probs, site):
+        for c in self.controllers:
+            here = self._at(c, site)
+            if PROBS in c.wants(here):
+                probs = c.forward(probs, here)
+        return probs
+
+    def logit_bias(self, site, batch_heads, queries, keys, dtype, device):
+        total = None
+        for c in self.controllers:
+            here = self._at(c, site)
+            b = c.logit_bias(here, batch_heads, queries, keys, dtype, device) if BIAS in c.wants(here) else None
+            if b is not None:
+                total = b if total is None else total + b
+        return total
+
+    def observe_output(self, out, site):
+        for c in self.controllers:
+            here = self._at(c, site)
+            if OUTPUT in c.wants(here):
+                c.observe_output(out, here)
+
+    def tick(self):
+        for c in self.controllers:
+            c.tick()
+
+    def reset(self):  # each controller was reset when it was attached
+        pass

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layout import published
-from .controller import BIAS, OUTPUT, PROBS, Controller, Site
+from .controller import BIAS, OUTPUT, PROBS, Controller, Nested, Site
 
 
 class ObservedAttnProcessor(torch.nn.Module):
@@ -153,13 +153,37 @@ def _per_head(bias: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 @contextmanager
 def attach(unet, controller: Controller):
     """Install `controller` on every attention layer of `unet` (wrapping each layer's processor);
-    restore the originals afterwards."""
-    original = dict(unet.attn_processors)
-    controller.n_layers = len(original)
+    restore the originals afterwards.
+
+    Attached inside another ``attach`` on the same UNet, the two run as one :class:`Nested`
+    controller, the inner one first (an outer AttentionStore records what an inner
+    Prompt-to-Prompt made of the maps); contexts may close in any order, and the UNet gets its
+    own processors back when the last one closes."""
+    stack = getattr(unet, "_editnb_controllers", None)
+    if not stack:
+        stack = []
+        object.__setattr__(unet, "_editnb_controllers", stack)
+        object.__setattr__(unet, "_editnb_processors", dict(unet.attn_processors))
+    if any(c is controller for c in stack):
+        raise ValueError("this controller is already attached to this UNet; attach it once (or use a Chain)")
+    controller.n_layers = len(unet._editnb_processors)
     controller.reset()
+    stack.append(controller)
     try:
-        unet.set_attn_processor({name: ObservedAttnProcessor(controller, name, proc, unet)
-                                 for name, proc in original.items()})
+        _install(unet)
         yield controller
     finally:
-        unet.set_attn_processor(original)
+        stack.remove(controller)
+        if stack:
+            _install(unet)
+        else:
+            unet.set_attn_processor(unet._editnb_processors)
+            del unet._editnb_controllers, unet._editnb_processors
+
+
+def _install(unet) -> None:
+    """Observing processors for the controllers attached now, around the UNet's own processors."""
+    stack = unet._editnb_controllers
+    controller = stack[0] if len(stack) == 1 else Nested(reversed(stack))  # the innermost first
+    unet.set_attn_processor({name: ObservedAttnProcessor(controller, name, proc, unet)
+                             for name, proc in unet._editnb_processors.items()})

@@ -103,6 +103,9 @@ def load_pie_bench(root: str | Path, types=None) -> list[BenchItem]:
     ignored)."""
     root = Path(root)
     mapping = root / "mapping_file.json"
+    if root.is_file():
+        raise ValueError(f"{root} is a file; the benchmark is the FOLDER that holds mapping_file.json and "
+                         f"annotation_images/" + (f": pass {root.parent}" if root.name == "mapping_file.json" else ""))
     if not root.is_dir():
         raise ValueError(_missing_root_message(root))
     if not mapping.exists():

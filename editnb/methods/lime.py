@@ -366,10 +366,22 @@ class LimeRegularizer(Controller):
         return _BIAS if self.mode == "unrelated" else _PROBS
 
     def roi_at(self, resolution: int) -> torch.Tensor:
+        """The RoI at an attention resolution: the cells it covers more than half.  A RoI thinner
+        than a cell (a 1-pixel line, a 2-pixel stripe) covers none of them, and the edit would be
+        plain InstructPix2Pix without a word; it is dilated to the cells it touches instead, with a
+        warning."""
         if resolution not in self._cache:
             r = F.adaptive_avg_pool2d(self.roi, resolution) if resolution <= self.roi.shape[-1] else \
                 F.interpolate(self.roi, size=(resolution, resolution), mode="nearest")
-            self._cache[resolution] = (r[0, 0] > 0.5).flatten()
+            cells = r[0, 0] > 0.5
+            if not cells.any():
+                import warnings
+
+                cells = r[0, 0] > 0
+                warnings.warn(f"the RoI ({int(self.roi.sum())} pixels of {self.roi.shape[-1]}x{self.roi.shape[-1]}) covers "
+                              f"no {resolution}x{resolution} attention cell by half; it was dilated to the {int(cells.sum())} "
+                              "cell(s) it touches. Draw a thicker mask to choose the region yourself", stacklevel=2)
+            self._cache[resolution] = cells.flatten()
         return self._cache[resolution]
 
     def branch_rows(self, site, batch: int) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -66,13 +67,17 @@ class EditEncoder:
         return next(self.model.parameters()).device
 
     def pixels(self, inputs, edited) -> torch.Tensor:
-        """(B, 6, H, W) pixel values: each image through CLIP's processor, concatenated."""
-        def one(images):
-            ims = [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]
-            return self.processor(images=ims, return_tensors="pt").pixel_values
-        a, b = one(inputs), one(edited)
-        if a.shape != b.shape:
-            raise ValueError(f"{a.shape[0]} input images but {b.shape[0]} edited images; give one edited per input")
+        """(B, 6, H, W) pixel values: each image through CLIP's processor, concatenated.  The six
+        channels must show one scene pixel for pixel, so an edited image of another size is first
+        resized to its input's (CLIP's centre crop of two aspect ratios would cut two different
+        regions); one of another aspect ratio is stretched, with a warning."""
+        listed = lambda images: [to_numpy(im) for im in (images if isinstance(images, (list, tuple)) else [images])]  # noqa: E731
+        ins, eds = listed(inputs), listed(edited)
+        if len(ins) != len(eds):
+            raise ValueError(f"{len(ins)} input images but {len(eds)} edited images; give one edited per input")
+        eds = [_aligned(e, i.shape[:2], k) for k, (i, e) in enumerate(zip(ins, eds))]
+        a = self.processor(images=ins, return_tensors="pt").pixel_values
+        b = self.processor(images=eds, return_tensors="pt").pixel_values
         return torch.cat([a, b], 1).to(self.device, self.model.dtype)
 
     def pixel_pairs(self, x_in: torch.Tensor, x_ed: torch.Tensor) -> torch.Tensor:
@@ -139,3 +144,19 @@ def reinitialise_projection(projection: torch.nn.Sequential, seed: int = 0) -> t
             p.copy_(torch.rand(p.shape, generator=gen).mul(2 * bound).sub(bound))
     norm.reset_parameters()
     return projection
+
+
+def _aligned(edited: np.ndarray, size: tuple[int, int], k: int) -> np.ndarray:
+    """`edited` at the (H, W) of its input image (bicubic), warning when the aspect ratios differ."""
+    if edited.shape[:2] == tuple(size):
+        return edited
+    import warnings
+
+    from PIL import Image
+
+    (h, w), (eh, ew) = size, edited.shape[:2]
+    if abs(np.log((eh / ew) / (h / w))) > 0.02:
+        warnings.warn(f"pair {k}: the edited image is {ew}x{eh} but its input {w}x{h}, another aspect ratio; it was "
+                      "stretched to the input's size so that the pair lines up. Crop both alike to avoid the stretch",
+                      stacklevel=3)
+    return np.asarray(Image.fromarray(edited).resize((w, h), Image.BICUBIC))

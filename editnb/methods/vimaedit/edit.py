@@ -140,6 +140,10 @@ def vimaedit(pipe, source_prompt: str, target_prompt: str, image=None, blend_wor
     if image_guidance:
         text_clip = text_clip or clip_features(TEXT_CLIP)
         embeds = branch_embeddings(pipe, text_clip, image, source_prompt, target_prompt)
+    elif getattr(pipe.unet, "encoder_hid_proj", None) is not None:
+        # an IP-Adapter is loaded, and its layers expect embeddings: zeros at weight 0 leave the text path alone
+        dim = pipe.image_encoder.config.projection_dim
+        embeds, image_scale = [torch.zeros(2, 1, dim, dtype=pipe.unet.dtype, device=pipe.unet.device)], 0.0
     with adapter_scale(pipe, image_scale) if embeds is not None else nullcontext():
         result = editing.dual_branch(pipe, source_prompt, target_prompt, image=image, inversion=inversion,
                                      scheduler=scheduler, guidance=guidance, steps=steps, generator=generator,

@@ -56,7 +56,8 @@ def adapter_scale(pipe, scale: float):
     """Set the IP-Adapter's lambda (Eq. 8) for the duration of an edit, then restore it (the
     pipeline is cached and shared)."""
     procs = [p for p in pipe.unet.attn_processors.values() if hasattr(p, "scale")]
-    before = [p.scale for p in procs]
+    # copies: diffusers' set_ip_adapter_scale writes into each processor's scale LIST in place
+    before = [list(p.scale) if isinstance(p.scale, list) else p.scale for p in procs]
     pipe.set_ip_adapter_scale(scale)
     try:
         yield
