@@ -241,7 +241,6 @@ def publishing(unet, batch_layout: BatchLayout):
         _layout.publish(unet, previous)
 
 
-@torch.no_grad()
 def check_unet_input(pipe, c: Conditioning) -> None:
     """The UNet must take what the conditioning gives it: latents alone (text-to-image), or latents
     and InstructPix2Pix's image latents; the wrong pipeline fails here, not deep in a convolution."""
@@ -256,6 +255,7 @@ def check_unet_input(pipe, c: Conditioning) -> None:
                          f"{given} (latents + image): load the 'ip2p' model")
 
 
+@torch.no_grad()
 def denoise(pipe, latents, cond, uncond=None, guidance=7.5, steps: int = 50, scheduler: str = "ddim",
             start: int = 0, on_step=None, keep_trajectory: bool = False, image_latents=None,
             image_guidance: float = 1.5, step=None):

@@ -266,3 +266,12 @@ def test_adapter_scale_restores_the_cached_pipelines_scale():
     with adapter_scale(pipe, 0.25):
         assert all(s == [0.25] for s in scales())
     assert scales() == before
+
+
+def test_sampling_keeps_no_autograd_graph(random_pipe):
+    """Every sampler runs without gradients: a graph kept by the result holds every step's attention
+    (gigabytes over a chapter's edits)."""
+    out = diffusion.text_to_image(random_pipe, ["a red circle"], steps=2, generator=gen())
+    assert out.latents.grad_fn is None and not out.latents.requires_grad
+    p2p = prompt_to_prompt(random_pipe, "a red circle", "a blue circle", steps=2, image=np.zeros((64, 64, 3), np.uint8))
+    assert p2p.latents.grad_fn is None

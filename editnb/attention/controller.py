@@ -114,63 +114,23 @@ def _overridden(cls) -> frozenset:
 class Chain(Controller):
     """Several controllers as one: needs are the union, biases add up, probability edits apply in
     order, each controller sees only the calls where it asked.  E.g.
-    ``Chain(LimeRegularizer(...), AttentionStore())`` records the maps AFTER regularisation."""
+    ``Chain(LimeRegularizer(...), AttentionStore())`` records the maps AFTER regularisation.
 
-    def __init__(self, *controllers: Controller):
+    By default the chain counts the steps for all of them; ``own_steps=True`` lets each keep its own
+    count, as :func:`~editnb.attention.processor.attach` does for controllers attached one inside
+    another (an outer store may have recorded earlier samplings; an inner editor's schedule starts
+    at its own step 0)."""
+
+    def __init__(self, *controllers: Controller, own_steps: bool = False):
         super().__init__()
-        self.controllers = controllers
+        self.controllers, self.own_steps = controllers, own_steps
 
-    def _sync(self):
-        for c in self.controllers:
-            c.step = self.step
-
-    def wants(self, site):
-        self._sync()
-        needs = NOTHING
-        for c in self.controllers:
-            needs = needs | c.wants(site)
-        return needs
-
-    def forward(self, probs, site):
-        self._sync()
-        for c in self.controllers:
-            if PROBS in c.wants(site):
-                probs = c.forward(probs, site)
-        return probs
-
-    def logit_bias(self, site, batch_heads, queries, keys, dtype, device):
-        total = None
-        for c in self.controllers:
-            b = c.logit_bias(site, batch_heads, queries, keys, dtype, device) if BIAS in c.wants(site) else None
-            if b is not None:
-                total = b if total is None else total + b
-        return total
-
-    def observe_output(self, out, site):
-        for c in self.controllers:
-            if OUTPUT in c.wants(site):
-                c.observe_output(out, site)
-
-    def reset(self):
-        super().reset()
-        for c in self.controllers:
-            c.reset()
-
-
-class Nested(Controller):
-    """Controllers attached one inside another (``attach`` within ``attach``, e.g. an AttentionStore
-    around ``prompt_to_prompt``), run as one: the innermost first, so that an outer observer sees
-    the maps the inner controllers made; needs are the union and biases add up, as in
-    :class:`Chain`, but each controller keeps its own step count (an outer store may have recorded
-    earlier samplings; the inner editor's schedule starts at its own step 0)."""
-
-    def __init__(self, controllers):
-        super().__init__()
-        self.controllers = tuple(controllers)
-
-    @staticmethod
-    def _at(c: Controller, site: Site) -> Site:
-        return replace(site, step=c.step)
+    def _at(self, c: Controller, site: Site) -> Site:
+        """The site as controller `c` sees it: with its own step, or the chain's (synchronised)."""
+        if self.own_steps:
+            return replace(site, step=c.step)
+        c.step = self.step
+        return site
 
     def wants(self, site):
         needs = NOTHING
@@ -201,8 +161,15 @@ class Nested(Controller):
                 c.observe_output(out, here)
 
     def tick(self):
-        for c in self.controllers:
-            c.tick()
+        if self.own_steps:
+            for c in self.controllers:
+                c.tick()
+        else:
+            super().tick()
 
-    def reset(self):  # each controller was reset when it was attached
-        pass
+    def reset(self):
+        super().reset()
+        if not self.own_steps:  # controllers with their own counts were reset when they were attached
+            for c in self.controllers:
+                c.reset()
+

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layout import published
-from .controller import BIAS, OUTPUT, PROBS, Controller, Nested, Site
+from .controller import BIAS, OUTPUT, PROBS, Chain, Controller, Site
 
 
 class ObservedAttnProcessor(torch.nn.Module):
@@ -155,7 +155,7 @@ def attach(unet, controller: Controller):
     """Install `controller` on every attention layer of `unet` (wrapping each layer's processor);
     restore the originals afterwards.
 
-    Attached inside another ``attach`` on the same UNet, the two run as one :class:`Nested`
+    Attached inside another ``attach`` on the same UNet, the two run as one :class:`Chain`
     controller, the inner one first (an outer AttentionStore records what an inner
     Prompt-to-Prompt made of the maps); contexts may close in any order, and the UNet gets its
     own processors back when the last one closes."""
@@ -184,6 +184,6 @@ def attach(unet, controller: Controller):
 def _install(unet) -> None:
     """Observing processors for the controllers attached now, around the UNet's own processors."""
     stack = unet._editnb_controllers
-    controller = stack[0] if len(stack) == 1 else Nested(reversed(stack))  # the innermost first
+    controller = stack[0] if len(stack) == 1 else Chain(*reversed(stack), own_steps=True)  # the innermost first
     unet.set_attn_processor({name: ObservedAttnProcessor(controller, name, proc, unet)
                              for name, proc in unet._editnb_processors.items()})
