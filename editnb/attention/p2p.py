@@ -184,8 +184,7 @@ class PromptToPrompt(Controller):
         model without that level uses its nearest level."""
         self._latent_resolution = int(unet.config.sample_size)
         levels = [self._latent_resolution // 2 ** k for k in range(len(unet.config.block_out_channels))]
-        want = self.blend_resolution or max(self._latent_resolution // 4, 1)
-        self._blend_res = want if want in levels else min(levels, key=lambda r: (abs(r - want), r))
+        self._blend_res = blend_level(levels, self._latent_resolution, self.blend_resolution)
         return self
 
     def _record_blend(self, cond_maps, site):
@@ -217,3 +216,11 @@ class PromptToPrompt(Controller):
         self.last_mask = mask[1:].detach().cpu()
         self.last_map = torch.maximum(m[:1], m[1:]).detach().float().cpu()  # last_mask = last_map > threshold
         return torch.cat([latents[:1], latents[:1] + mask[1:] * (latents[1:] - latents[:1])])
+
+
+def blend_level(levels, latent_side: int, want: int | None = None) -> int:
+    """The attention level where word maps are grounded: P2P's local-blend level, a quarter of the
+    latent side (SD 1.5: 16 of 64; toy-sd: 8 of 16), or `want`; the nearest level (the smaller on a
+    tie) when the model has no such level."""
+    want = want or max(latent_side // 4, 1)
+    return min(levels, key=lambda r: (abs(r - want), r))

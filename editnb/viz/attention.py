@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..attention.p2p import blend_level
 from ..attention.words import word_tokens
 from ..images import to_numpy
 from ..metrics import mask_iou
@@ -413,8 +414,7 @@ def grounded_layer(store) -> str:
     (SD 1.5: 16x16 of 64; toy-sd: 8x8 of 16)."""
     layers = store.layers("cross")
     sides = {store.sites[n].resolution for n in layers}
-    want = max(sides) // 4
-    level = min(sides, key=lambda r: (abs(r - want), r))
+    level = blend_level(sides, max(sides))  # the finest recorded level is the latent side
     return next(n for n in layers if store.sites[n].resolution == level)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ...attention.p2p import blend_level
 from ...attention import AttentionStore
 from ...attention.words import token_indices
 from ...clustering import kmeans
@@ -97,8 +98,7 @@ def grounding_resolutions(unet) -> tuple[int, int]:
     """(P1, P2): the cross-attention level (nearest a quarter of the latent side, as P2P's local
     blend) and the next finer attention level for the self-attention (SD 1.5: 16 and 32)."""
     levels = attention_levels(unet)
-    want = max(int(unet.config.sample_size) // 4, 1)
-    coarse = min(levels, key=lambda r: (abs(r - want), r))
+    coarse = blend_level(levels, int(unet.config.sample_size))
     finer = [r for r in levels if r > coarse]
     return coarse, (min(finer) if finer else coarse)
 
