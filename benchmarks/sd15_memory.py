@@ -1,7 +1,7 @@
 """Peak GPU memory and seconds per edit of each chapter's heaviest call on SD 1.5-shaped weights.
 
     python benchmarks/sd15_memory.py                      # CUDA, 512x512, fp16, full width, 20 steps
-    python benchmarks/sd15_memory.py --device cpu --resolution 64 --steps 2 --dtype fp32   # smoke test
+    python benchmarks/sd15_memory.py --device cpu --resolution 64 --steps 3 --dtype fp32   # smoke test
 
 The weights are random (``editnb.sd15_shaped``: SD 1.5's, InstructPix2Pix's, CLIP L/14's,
 CLIPSeg's and DINO ViT-B/8's architectures; on CUDA at SD 1.5's real channel widths, on the CPU

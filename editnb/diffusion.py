@@ -16,6 +16,7 @@ Every random draw takes an explicit ``torch.Generator``: same seed, same image.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -125,6 +126,23 @@ def initial_noise(pipe, batch: int, generator: torch.Generator | None) -> torch.
     device, dtype = device_dtype(pipe)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(latent_shape(pipe, batch), generator=generator, device=gen_device).to(device, dtype)
+
+
+def starting_noise(pipe, batch: int, generator, steps: int, scheduler: str = "ddim", latents=None) -> torch.Tensor:
+    """The latents a sampler that starts from pure noise begins with (`latents`, or fresh noise),
+    scaled by the scheduler's initial sigma.  Refuses a schedule whose first timestep is not a noisy
+    one: SD 1.5's DDIM spacing is "leading" (``steps=N`` runs t = 1 + k*1000/N for k = N-1, ..., 0),
+    so ``steps=1`` runs only t = 1 and would decode the noise itself."""
+    steps = check_steps(steps)
+    sched = make_scheduler(pipe, scheduler)
+    sched.set_timesteps(steps)
+    first, total = int(sched.timesteps[0]), sched.config.num_train_timesteps
+    if first < total // 2:
+        raise ValueError(f"steps={steps} starts sampling at t={first} of {total} ({scheduler}'s timestep spacing: "
+                         f"steps=N runs t = {sched.config.get('steps_offset', 0)} + k*{total}/N), so pure noise would "
+                         "come back barely denoised; use steps >= 2 (25 to 50 for a finished image)")
+    latents = initial_noise(pipe, batch, generator) if latents is None else latents
+    return latents * sched.init_noise_sigma
 
 
 def guidance_tensor(value, latents: torch.Tensor, name: str = "guidance") -> torch.Tensor:
@@ -306,11 +324,17 @@ def text_to_image(pipe, prompts, guidance: float = 7.5, steps: int = 50, generat
     prompts = check_prompts(prompts)
     c = Conditioning(encode_prompt(pipe, prompts), encode_prompt(pipe, [""] * len(prompts)), guidance,
                      image_embeds=image_embeds)
-    latents = initial_noise(pipe, len(prompts), generator) if latents is None else latents
-    latents = latents * make_scheduler(pipe, scheduler).init_noise_sigma
+    latents = starting_noise(pipe, len(prompts), generator, steps, scheduler, latents)
     z, traj = denoise(pipe, latents, c, steps=steps, scheduler=scheduler, on_step=on_step,
                       keep_trajectory=keep_trajectory)
     return Result(decode(pipe, z), z, traj)
+
+
+def strength_steps(strength: float, steps: int) -> int:
+    """How many of `steps` denoising steps SDEdit runs at `strength`: round(strength * steps), as
+    diffusers' img2img pipelines count them.  With SD 1.5's "leading" DDIM spacing those steps start
+    at t = 1 + (run - 1) * 1000 / steps, so a single step starts at t = 1 and changes nothing."""
+    return int(round(strength * steps))
 
 
 def noise_to_strength(pipe, z0, strength: float, steps: int, generator, scheduler: str = "ddim"):
@@ -319,10 +343,14 @@ def noise_to_strength(pipe, z0, strength: float, steps: int, generator, schedule
     steps = check_steps(steps)
     if not 0.0 < check_number(strength, "strength", "0.6") <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    run = strength_steps(strength, steps)
+    if run < 2:  # "leading" spacing: the last step is t = 1, so one step noises nothing and changes nothing
+        raise ValueError(f"strength={strength} of steps={steps} runs {run} denoising step(s), which start at t <= 1 of "
+                         "the schedule, so the image would come back unchanged; raise steps to at least "
+                         f"{math.ceil(1.5 / strength)} (e.g. steps=50)")
     sched = make_scheduler(pipe, scheduler)
     sched.set_timesteps(steps, device=z0.device)
-    start = steps - int(round(strength * steps))
-    start = min(start, steps - 1)
+    start = steps - run
     t = sched.timesteps[start]
     noise = initial_noise(pipe, z0.shape[0], generator)
     return sched.add_noise(z0, noise, t.reshape(1)), start
@@ -352,7 +380,7 @@ def instruct_pix2pix(pipe, image, instruction, text_guidance: float = 7.5, image
     instructions = check_prompts(instruction, n=image_latents.shape[0], what="instruction")
     c = Conditioning(encode_prompt(pipe, instructions), encode_prompt(pipe, [""] * len(instructions)),
                      text_guidance, image_latents=image_latents, image_guidance=image_guidance)
-    latents = initial_noise(pipe, len(instructions), generator) * make_scheduler(pipe, scheduler).init_noise_sigma
+    latents = starting_noise(pipe, len(instructions), generator, steps, scheduler)
     z, _ = denoise(pipe, latents, c, steps=steps, scheduler=scheduler, on_step=on_step)
     return Result(decode(pipe, z), z)
 

@@ -89,8 +89,7 @@ def dual_branch(pipe, source_prompt: str, target_prompt: str, *, image=None, inv
                                branches=BRANCHES)
     found, masks, trajectory = {}, {}, None
     if image is None:
-        z = diffusion.initial_noise(pipe, 1, generator).repeat(2, 1, 1, 1)
-        z = z * diffusion.make_scheduler(pipe, scheduler).init_noise_sigma
+        z = diffusion.starting_noise(pipe, 1, generator, steps, scheduler).repeat(2, 1, 1, 1)
     else:
         source_embeds = None if image_embeds is None else [e[:1] for e in image_embeds]
         trajectory = diffusion.ddim_invert(pipe, image, source_prompt, steps, guidance=inversion_guidance,

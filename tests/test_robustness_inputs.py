@@ -156,5 +156,5 @@ def test_toy_tokenizers_refuse_unknown_characters_and_warn_on_unknown_words():
 def test_iedit_m_reads_soft_masks(random_pipe, scene):
     from editnb.methods import iedit
 
-    out = iedit.edit(random_pipe, scene, "a blue circle", mask=soft_mask(), strength=0.5, steps=2, generator=gen())
+    out = iedit.edit(random_pipe, scene, "a blue circle", mask=soft_mask(), strength=0.5, steps=4, generator=gen())
     assert out.masks["edit"].sum() == 24 * 24  # "> 0" made every pixel editable

@@ -34,7 +34,7 @@ def unet_never_runs(random_pipe, monkeypatch):
 def test_guidance_must_be_finite_numbers_before_any_sampling(unet_never_runs, value, message):
     image = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match=f"guidance.*{message}"):
-        diffusion.sdedit(unet_never_runs, image, "a red circle", guidance=value, steps=2, generator=gen())
+        diffusion.sdedit(unet_never_runs, image, "a red circle", guidance=value, steps=4, generator=gen())
     with pytest.raises(ValueError, match=f"guidance.*{message}"):
         diffusion.text_to_image(unet_never_runs, ["a red circle"], guidance=value, steps=2, generator=gen())
     with pytest.raises(ValueError, match=f"guidance.*{message}"):  # with an image: before its inversion
@@ -45,6 +45,42 @@ def test_guidance_must_be_finite_numbers_before_any_sampling(unet_never_runs, va
 def test_strength_must_be_a_finite_number(unet_never_runs, value, message):
     with pytest.raises(ValueError, match=f"strength {message}"):
         diffusion.sdedit(unet_never_runs, np.zeros((64, 64, 3), np.uint8), "a red circle", strength=value, steps=2)
+
+
+def test_one_step_from_noise_is_refused_because_ddims_leading_spacing_runs_only_t_1(unet_never_runs):
+    """SD 1.5's DDIM spacing is "leading" with steps_offset 1: steps=N runs t = 1 + k*1000/N, so a
+    one-step schedule is t = 1 alone, and sampling would hand back the noise."""
+    sched = diffusion.make_scheduler(unet_never_runs)
+    sched.set_timesteps(1)
+    assert sched.timesteps.tolist() == [1]
+    sched.set_timesteps(4)
+    assert sched.timesteps.tolist() == [751, 501, 251, 1]
+    with pytest.raises(ValueError, match="steps=1 starts sampling at t=1 of 1000"):
+        diffusion.text_to_image(unet_never_runs, ["a red circle"], steps=1, generator=gen())
+
+
+def test_one_step_instructpix2pix_is_refused(random_ip2p, monkeypatch):
+    monkeypatch.setattr(random_ip2p.unet, "forward", lambda *a, **k: pytest.fail("the UNet ran"))
+    with pytest.raises(ValueError, match="steps >= 2"):
+        diffusion.instruct_pix2pix(random_ip2p, np.zeros((64, 64, 3), np.uint8), "make it red", steps=1)
+
+
+@pytest.mark.parametrize("strength, steps", [(0.6, 1), (1.0, 1), (0.3, 4), (0.05, 20)])
+def test_sdedit_that_would_start_at_t_1_is_refused(unet_never_runs, strength, steps):
+    """round(strength * steps) steps start at t = 1 + (run - 1) * 1000 / steps: one step adds no noise."""
+    assert diffusion.strength_steps(strength, steps) == 1
+    with pytest.raises(ValueError, match=f"runs 1 denoising step.*unchanged; raise steps to at least {math.ceil(1.5 / strength)}"):
+        diffusion.sdedit(unet_never_runs, np.zeros((64, 64, 3), np.uint8), "a red circle", strength=strength,
+                         steps=steps, generator=gen())
+
+
+def test_sdedit_noises_to_the_first_of_its_steps(random_pipe):
+    """strength 0.5 of 4 steps runs the last two, from t = 251: the latent is q(z_251 | z_0)."""
+    z0 = torch.zeros(diffusion.latent_shape(random_pipe, 1))
+    zt, start = diffusion.noise_to_strength(random_pipe, z0, 0.5, 4, gen())
+    alpha_bar = random_pipe.scheduler.alphas_cumprod[251]
+    assert start == 2
+    torch.testing.assert_close(zt, (1 - alpha_bar).sqrt() * diffusion.initial_noise(random_pipe, 1, gen()))
 
 
 def test_a_per_pixel_guidance_map_of_finite_numbers_still_runs(random_pipe):
@@ -233,7 +269,7 @@ def test_contexts_closed_out_of_order_leave_the_unets_own_processors(random_pipe
 
 def test_an_instructpix2pix_pipeline_given_to_a_text_to_image_method_is_refused_by_name(random_ip2p):
     image = np.zeros((64, 64, 3), np.uint8)
-    for run in (lambda: diffusion.sdedit(random_ip2p, image, "a red circle", steps=2),
+    for run in (lambda: diffusion.sdedit(random_ip2p, image, "a red circle", steps=4),
                 lambda: diffusion.text_to_image(random_ip2p, ["a red circle"], steps=2),
                 lambda: prompt_to_prompt(random_ip2p, "a red circle", "a blue circle", steps=2, image=image)):
         with pytest.raises(ValueError, match="an InstructPix2Pix UNet .* needs a text-to-image pipeline"):

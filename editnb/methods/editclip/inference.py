@@ -112,7 +112,7 @@ def exemplar_edit(editor: ExemplarEditor, image, exemplar_input, exemplar_edited
     image_latents = diffusion.encode_image(pipe, list(images), scaled=False)
     c = diffusion.Conditioning(condition, torch.zeros_like(condition), s_E, image_latents=image_latents,
                                image_guidance=s_I)
-    latents = diffusion.initial_noise(pipe, len(images), generator) * diffusion.make_scheduler(pipe, scheduler).init_noise_sigma
+    latents = diffusion.starting_noise(pipe, len(images), generator, steps, scheduler)
     z, _ = diffusion.denoise(pipe, latents, c, steps=steps, scheduler=scheduler)
     return diffusion.Result(diffusion.decode(pipe, z), z, found={"condition": condition})
 
