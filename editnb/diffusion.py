@@ -25,7 +25,7 @@ import torch
 
 from . import layout as _layout
 from . import pixels
-from .images import fit, model_resolution, pil_to_tensor, tensor_to_pil
+from .images import fit, latent_hw, model_resolution, pil_to_tensor, tensor_to_pil
 from .runtime import check_number, check_prompts, check_scale, check_steps
 from .layout import BatchLayout
 from .models import tokenize
@@ -114,21 +114,31 @@ def decode(pipe, latents) -> list:
     return out if isinstance(out, list) else [out]
 
 
-def latent_shape(pipe, batch: int) -> tuple:
+def latent_shape(pipe, batch: int, size=None) -> tuple:
+    """(batch, channels, h, w) of the latents: the UNet's own ``sample_size`` (an int, or (h, w)), or
+    the latents of an image of `size` = (height, width) pixels, each a multiple of the VAE's factor
+    (8 for SD 1.5: 512x768 gives 64x96 latents)."""
     c = pipe.unet.config.out_channels
-    s = pipe.unet.config.sample_size
-    return (batch, c, s, s)
+    if size is None:
+        return (batch, c, *latent_hw(pipe.unet))
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % factor == 0 for v in size)):
+        raise ValueError(f"size must be (height, width) in pixels, each a positive multiple of {factor} (this VAE's "
+                         f"factor), got {size!r}; e.g. size=({8 * factor * 8}, {12 * factor * 8})")
+    return (batch, c, size[0] // factor, size[1] // factor)
 
 
-def initial_noise(pipe, batch: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal latents, drawn on the generator's device (same seed, same noise on any
-    execution device) and moved to the execution device."""
+def initial_noise(pipe, batch: int, generator: torch.Generator | None, size=None) -> torch.Tensor:
+    """Standard normal latents (of an image of `size` pixels, default the model's own), drawn on the
+    generator's device (same seed, same noise on any execution device) and moved to the execution device."""
     device, dtype = device_dtype(pipe)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(latent_shape(pipe, batch), generator=generator, device=gen_device).to(device, dtype)
+    return torch.randn(latent_shape(pipe, batch, size), generator=generator, device=gen_device).to(device, dtype)
 
 
-def starting_noise(pipe, batch: int, generator, steps: int, scheduler: str = "ddim", latents=None) -> torch.Tensor:
+def starting_noise(pipe, batch: int, generator, steps: int, scheduler: str = "ddim", latents=None,
+                   size=None) -> torch.Tensor:
     """The latents a sampler that starts from pure noise begins with (`latents`, or fresh noise),
     scaled by the scheduler's initial sigma.  Refuses a schedule whose first timestep is not a noisy
     one: SD 1.5's DDIM spacing is "leading" (``steps=N`` runs t = 1 + k*1000/N for k = N-1, ..., 0),
@@ -141,7 +151,7 @@ def starting_noise(pipe, batch: int, generator, steps: int, scheduler: str = "dd
         raise ValueError(f"steps={steps} starts sampling at t={first} of {total} ({scheduler}'s timestep spacing: "
                          f"steps=N runs t = {sched.config.get('steps_offset', 0)} + k*{total}/N), so pure noise would "
                          "come back barely denoised; use steps >= 2 (25 to 50 for a finished image)")
-    latents = initial_noise(pipe, batch, generator) if latents is None else latents
+    latents = initial_noise(pipe, batch, generator, size) if latents is None else latents
     return latents * sched.init_noise_sigma
 
 
@@ -317,14 +327,15 @@ def denoise(pipe, latents, cond, uncond=None, guidance=7.5, steps: int = 50, sch
 
 def text_to_image(pipe, prompts, guidance: float = 7.5, steps: int = 50, generator=None, latents=None,
                   scheduler: str = "ddim", on_step=None, keep_trajectory: bool = False,
-                  image_embeds: list | None = None) -> Result:
+                  image_embeds: list | None = None, size=None) -> Result:
     """Text-to-image with classifier-free guidance (Ho & Salimans 2022).  `image_embeds`: IP-Adapter
-    image embeddings (one (B, n, dim) tensor per adapter) when the pipeline has one loaded."""
+    image embeddings (one (B, n, dim) tensor per adapter) when the pipeline has one loaded; `size`:
+    (height, width) in pixels, default the model's own (or the shape of `latents`)."""
     check_generator(generator)
     prompts = check_prompts(prompts)
     c = Conditioning(encode_prompt(pipe, prompts), encode_prompt(pipe, [""] * len(prompts)), guidance,
                      image_embeds=image_embeds)
-    latents = starting_noise(pipe, len(prompts), generator, steps, scheduler, latents)
+    latents = starting_noise(pipe, len(prompts), generator, steps, scheduler, latents, size)
     z, traj = denoise(pipe, latents, c, steps=steps, scheduler=scheduler, on_step=on_step,
                       keep_trajectory=keep_trajectory)
     return Result(decode(pipe, z), z, traj)

@@ -58,13 +58,14 @@ def dual_branch(pipe, source_prompt: str, target_prompt: str, *, image=None, inv
                 scheduler: str = "ddim", guidance=7.5, steps: int = 50, generator=None, controller=None,
                 blend=None, noise=None, image_embeds: list | None = None,
                 negative_image_embeds: list | None = None, inversion_guidance: float = 1.0, on_step=None,
-                keep_trajectory: bool = False) -> diffusion.Result:
+                keep_trajectory: bool = False, size=None) -> diffusion.Result:
     """Denoise ``[source, target]`` together and return a Result with images [source, target].
 
     - ``guidance``: a number, a pair (source, target) -- ViMAEdit guides the source with 1 and the
       target with 7.5 -- or a per-pixel map (1 or 2, 1, h, w);
     - ``image``: invert it with the source prompt (DDIM, ``inversion_guidance``) and start both
-      branches from z_T; without it both start from the same noise drawn with `generator`;
+      branches from z_T; without it both start from the same noise drawn with `generator`, for an
+      image of ``size`` = (height, width) pixels (default: the model's own);
     - ``image_embeds``: IP-Adapter embeddings, one (2, n, dim) tensor per adapter (row 0 source,
       row 1 target); inversion uses the source row;
     - ``controller``, ``blend``, ``noise``: the hooks of the module docstring; ``on_step`` runs last.
@@ -88,8 +89,10 @@ def dual_branch(pipe, source_prompt: str, target_prompt: str, *, image=None, inv
                                guidance, image_embeds=image_embeds, negative_image_embeds=negative_image_embeds,
                                branches=BRANCHES)
     found, masks, trajectory = {}, {}, None
+    if image is not None and size is not None:
+        raise ValueError("size is for generated pairs; an edited image keeps its own size (fitted to the model's)")
     if image is None:
-        z = diffusion.starting_noise(pipe, 1, generator, steps, scheduler).repeat(2, 1, 1, 1)
+        z = diffusion.starting_noise(pipe, 1, generator, steps, scheduler, size=size).repeat(2, 1, 1, 1)
     else:
         source_embeds = None if image_embeds is None else [e[:1] for e in image_embeds]
         trajectory = diffusion.ddim_invert(pipe, image, source_prompt, steps, guidance=inversion_guidance,

@@ -143,13 +143,28 @@ def fit(image, size: int) -> Image.Image:
     return pil.crop((left, top, left + size, top + size))
 
 
+def latent_hw(unet) -> tuple[int, int]:
+    """A UNet's own latent (height, width): its ``sample_size``, an int or an (h, w) pair."""
+    size = unet.config.sample_size
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def latent_side(unet) -> int:
+    """The side of a UNet's own square latent, or a ValueError: the editing methods fit images to it."""
+    h, w = latent_hw(unet)
+    if h != w:
+        raise ValueError(f"this UNet's own sample size is {h}x{w} latents, not square; the editing methods fit "
+                         "images to a square model size, so generate with text_to_image(size=(height, width))")
+    return h
+
+
 def model_resolution(pipe_or_vae) -> int:
     """The pixel resolution a pipeline (or a UNet/VAE pair) is built for, read from its config."""
     unet = getattr(pipe_or_vae, "unet", None)
     vae = getattr(pipe_or_vae, "vae", None)
     if unet is not None and vae is not None:
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        return int(unet.config.sample_size) * factor
+        return latent_side(unet) * factor
     if hasattr(pipe_or_vae, "config") and "sample_size" in pipe_or_vae.config:
         return int(pipe_or_vae.config.sample_size)
     raise ValueError(f"cannot tell the resolution of a {type(pipe_or_vae).__name__}; pass a pipeline")

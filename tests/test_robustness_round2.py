@@ -311,3 +311,52 @@ def test_sampling_keeps_no_autograd_graph(random_pipe):
     assert out.latents.grad_fn is None and not out.latents.requires_grad
     p2p = prompt_to_prompt(random_pipe, "a red circle", "a blue circle", steps=2, image=np.zeros((64, 64, 3), np.uint8))
     assert p2p.latents.grad_fn is None
+
+
+# ------------------------------------------------------------------ non-square generation
+
+
+def test_a_non_square_generation_names_each_level_and_aggregates_its_maps(random_pipe):
+    """toy-sd's own latents are 16x16 (64 px, VAE factor 4); a 48x80-px image has 12x20 latents, so
+    its levels are 12x20, 6x10 and 3x5 (the UNet halves them), named 16, 8 and 4 as at 64 px, where
+    isqrt(queries) would have called them 15, 7 and 3."""
+    from editnb.attention import AttentionStore, attach
+
+    store = AttentionStore(max_self_resolution=None)
+    with attach(random_pipe.unet, store):
+        out = diffusion.text_to_image(random_pipe, ["a red circle"], steps=2, generator=gen(), size=(48, 80))
+    assert np.asarray(out.images[0]).shape[:2] == (48, 80)
+    expected = {16: (12, 20), 8: (6, 10), 4: (3, 5)}
+    assert store.sites and {s.resolution: s.hw for s in store.sites.values()}.items() <= expected.items()
+    assert store.aggregate("cross", resolution=8).shape[1:3] == (6, 10)
+    assert store.aggregate("self", resolution=8).shape[1:] == (6, 10, 60)
+
+
+def test_prompt_to_prompt_blends_a_non_square_pair_at_its_own_shape(random_pipe):
+    out = prompt_to_prompt(random_pipe, "a red circle", "a blue circle", blend_words=("circle", "circle"),
+                           steps=3, generator=gen(), size=(48, 80))
+    assert out.latents.shape[-2:] == (12, 20) and out.masks["blend"].shape == (12, 20)
+    with pytest.raises(ValueError, match="size is for generated pairs"):
+        prompt_to_prompt(random_pipe, "a red circle", "a blue circle", steps=3, size=(48, 80),
+                         image=np.zeros((64, 64, 3), np.uint8))
+
+
+@pytest.mark.parametrize("size", [(50, 80), (48,), "48x80", (48, 0)])
+def test_a_bad_size_is_refused_before_sampling(unet_never_runs, size):
+    with pytest.raises(ValueError, match=r"size must be \(height, width\) in pixels, each a positive multiple of 4"):
+        diffusion.text_to_image(unet_never_runs, ["a red circle"], steps=2, generator=gen(), size=size)
+
+
+def test_a_unet_with_a_non_square_sample_size_generates_at_it(random_pipe):
+    from editnb.images import model_resolution
+
+    config = dict(random_pipe.unet.config)
+    random_pipe.unet.register_to_config(sample_size=(12, 20))
+    try:
+        assert diffusion.latent_shape(random_pipe, 1) == (1, 4, 12, 20)
+        out = diffusion.text_to_image(random_pipe, ["a red circle"], steps=2, generator=gen())
+        assert np.asarray(out.images[0]).shape[:2] == (48, 80)
+        with pytest.raises(ValueError, match="12x20 latents, not square"):
+            model_resolution(random_pipe)
+    finally:
+        random_pipe.unet.register_to_config(sample_size=config["sample_size"])

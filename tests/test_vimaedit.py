@@ -206,7 +206,9 @@ def test_vimaedit_runs_on_the_sd15_shaped_profile():
         out = get("vimaedit").run(ctx, item, rt.generator(0), 2)
         side = ctx.model("ip-adapter").unet.config.sample_size * 8
         assert out.size == (side, side)
-        assert grounding_resolutions(ctx.model("ip-adapter").unet) == (6, 12)  # a quarter and half of 24
+        from editnb.sd15_shaped import SAMPLE_SIZE
+
+        assert grounding_resolutions(ctx.model("ip-adapter").unet) == (SAMPLE_SIZE // 4, SAMPLE_SIZE // 2)  # SD: 16, 32 of 64
     finally:
         runtime._CURRENT = saved
 

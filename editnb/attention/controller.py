@@ -32,10 +32,25 @@ class Site:
     layer: str        # processor name in unet.attn_processors
     place: str        # "down", "mid" or "up"
     kind: str         # "self" or "cross"
-    resolution: int   # side of the square feature map (16 for a 16x16 map)
+    resolution: int   # the level's side at the model's own sample size (SD 1.5: 64, 32, 16, 8): it names
+                      # the level at any generation size, as the methods choose levels by it
     heads: int
     step: int         # denoising step (one UNet call = one step)
     layout: BatchLayout | None = None  # as published by the sampling loop; None: not published
+    shape: tuple[int, int] | None = None  # the map's (height, width) in this call; None: square, resolution
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """The map's (height, width): 16x24 at SD's 16 level for a 512x768 generation."""
+        return self.shape or (self.resolution, self.resolution)
+
+    def square_side(self, what: str) -> int:
+        """The side of a square map, or a ValueError naming `what` needs one."""
+        h, w = self.hw
+        if h != w:
+            raise ValueError(f"{what} reads square attention maps, and this generation's are {h}x{w} at "
+                             f"the {self.resolution} level; generate or edit at the model's square size")
+        return h
 
 
 def layout_of(site: Site, batch: int, guess=CFG) -> BatchLayout:

@@ -21,6 +21,7 @@ import difflib
 import torch
 import torch.nn.functional as F
 
+from ..images import latent_hw
 from .controller import NOTHING, PROBS, Controller, layout_of
 from .words import token_indices, word_tokens
 
@@ -177,12 +178,13 @@ class PromptToPrompt(Controller):
     # -- local blend
     _latent_resolution = 64
     _blend_res = 16
+    _blend_hw = (16, 16)
 
     def configure(self, unet) -> "PromptToPrompt":
         """Read the latent resolution and the attention resolutions from the UNet: P2P blends
         with maps at a quarter of the latent resolution (16x16 for SD's 64x64 latents); a small
         model without that level uses its nearest level."""
-        self._latent_resolution = int(unet.config.sample_size)
+        self._latent_resolution = latent_hw(unet)[0]
         levels = [self._latent_resolution // 2 ** k for k in range(len(unet.config.block_out_channels))]
         self._blend_res = blend_level(levels, self._latent_resolution, self.blend_resolution)
         return self
@@ -190,6 +192,7 @@ class PromptToPrompt(Controller):
     def _record_blend(self, cond_maps, site):
         if site.resolution == self._blend_res:
             self._blend_maps.append(cond_maps.mean(1).float())  # (B, q, keys), head-averaged
+            self._blend_hw = site.hw
 
     def reset(self):
         super().reset()
@@ -206,8 +209,7 @@ class PromptToPrompt(Controller):
         if i < self.blend_start or self._blend_sum is None:
             return None
         m = self._blend_sum  # (B, q, keys)
-        r = int(m.shape[1] ** 0.5)
-        m = (m * self.blend.to(m)[:, None, :]).sum(-1).reshape(-1, 1, r, r)
+        m = (m * self.blend.to(m)[:, None, :]).sum(-1).reshape(-1, 1, *self._blend_hw)
         m = F.max_pool2d(m, 3, stride=1, padding=1)
         m = F.interpolate(m, size=latents.shape[-2:], mode="bilinear", align_corners=False)
         m = m / m.flatten(1).max(1).values.clamp_min(1e-8)[:, None, None, None]

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ..images import latent_hw
 from ..layout import published
 from .controller import BIAS, OUTPUT, PROBS, Chain, Controller, Site
 
@@ -48,7 +49,8 @@ class ObservedAttnProcessor(torch.nn.Module):
         queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[-1] * hidden_states.shape[-2]
         unet = self._unet() if self._unet is not None else None
         layout = published(unet) if unet is not None else None
-        return Site(self.name, self.place, self.kind, math.isqrt(queries), attn.heads, self.controller.step, layout)
+        resolution, shape = level_of(unet, queries)
+        return Site(self.name, self.place, self.kind, resolution, attn.heads, self.controller.step, layout, shape)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  ip_adapter_masks=None, **kwargs):
@@ -164,6 +166,7 @@ def attach(unet, controller: Controller):
         stack = []
         object.__setattr__(unet, "_editnb_controllers", stack)
         object.__setattr__(unet, "_editnb_processors", dict(unet.attn_processors))
+        object.__setattr__(unet, "_editnb_latent_hook", unet.register_forward_pre_hook(_record_latent_hw, with_kwargs=True))
     if any(c is controller for c in stack):
         raise ValueError("this controller is already attached to this UNet; attach it once (or use a Chain)")
     controller.n_layers = len(unet._editnb_processors)
@@ -178,7 +181,35 @@ def attach(unet, controller: Controller):
             _install(unet)
         else:
             unet.set_attn_processor(unet._editnb_processors)
-            del unet._editnb_controllers, unet._editnb_processors
+            unet._editnb_latent_hook.remove()
+            _LATENT_HW.pop(unet, None)
+            del unet._editnb_controllers, unet._editnb_processors, unet._editnb_latent_hook
+
+
+#: each observed UNet's latent (height, width) in its current call (a forward pre-hook records it)
+_LATENT_HW: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _record_latent_hw(unet, args, kwargs):
+    sample = args[0] if args else kwargs.get("sample")
+    if isinstance(sample, torch.Tensor) and sample.ndim == 4:
+        _LATENT_HW[unet] = tuple(sample.shape[-2:])
+
+
+def level_of(unet, queries: int) -> tuple[int, tuple[int, int] | None]:
+    """(level name, map shape) of an attention call with `queries` positions.  The UNet halves the
+    latent (rounding up) at each level, so level k of an H x W latent is ceil(H/2^k) x ceil(W/2^k);
+    its name is the side it has at the model's own sample size (SD 1.5: 16 for the 16x16 maps of a
+    512x512 image and the 16x24 maps of a 512x768 one).  Square when the call cannot be placed."""
+    latent = _LATENT_HW.get(unet) if unet is not None else None
+    if latent is not None:
+        own = latent_hw(unet)[0]
+        for k in range(8):
+            h, w = -(-latent[0] // 2 ** k), -(-latent[1] // 2 ** k)
+            if h * w == queries:
+                return max(own // 2 ** k, 1), (h, w)
+    side = math.isqrt(queries)
+    return side, None
 
 
 def _install(unet) -> None:

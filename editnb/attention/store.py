@@ -104,7 +104,8 @@ class AttentionStore(Controller):
 
     def aggregate(self, kind: str = "cross", resolution: int | None = None, steps=None, layers=None,
                   places=None) -> torch.Tensor:
-        """Mean map over the chosen layers and steps, as (batch, [heads,] res, res, keys).
+        """Mean map over the chosen layers and steps, as (batch, [heads,] h, w, keys): (res, res) for a
+        generation at the model's own size, e.g. (16, 24) at SD's 16 level for 512x768.
 
         Choose layers by `resolution`, `places` ("down", "mid", "up") or an explicit list of
         names (a layer range: ``store.layers("cross")[2:5]``).  All chosen layers must share a
@@ -115,10 +116,14 @@ class AttentionStore(Controller):
         res = {self.sites[n].resolution for n in chosen}
         if len(res) > 1:
             raise ValueError(f"layers of several resolutions {sorted(res)}; pick one with resolution=")
-        r = res.pop()
+        shapes = {self.sites[n].hw for n in chosen}
+        if len(shapes) > 1:
+            raise ValueError(f"the chosen layers were recorded at several map shapes {sorted(shapes)} (generations of "
+                             "different sizes in one store); reset the store between sizes")
+        h, w = shapes.pop()
         steps = self.steps if steps is None else list(steps)
         maps = [self.maps[(n, s)] for n in chosen for s in steps if (n, s) in self.maps]
         if not maps:
             raise ValueError(f"no maps recorded for steps {steps}")
         m = torch.stack(maps).mean(0)
-        return m.reshape(*m.shape[:-2], r, r, m.shape[-1])
+        return m.reshape(*m.shape[:-2], h, w, m.shape[-1])

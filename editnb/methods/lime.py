@@ -42,6 +42,7 @@ from ..attention import AttentionStore, Controller, attach
 from ..attention.controller import BIAS, IP2P, NOTHING, OUTPUT, PROBS, Chain, Site, layout_of
 from ..attention.words import word_tokens
 from ..clustering import kmeans
+from ..images import latent_side
 from ..runtime import check_n_clusters
 
 STOP_WORDS = frozenset("""a an the and or of to in on at into onto with by for from as is are be it its this that
@@ -145,6 +146,7 @@ class _FeatureCollector(AttentionStore):
 
     def observe_output(self, out, site):
         if site.resolution in self.resolutions:
+            site.square_side("LIME's localisation (features clustered on a square grid)")
             image = layout_of(site, out.shape[0], IP2P).rows(guidance="image")
             self.features.setdefault(site.layer, []).append(out[image].mean(0).detach().float())
             self.feature_sites[site.layer] = site
@@ -158,14 +160,14 @@ class _Stop(Exception):
 
 
 def _levels(unet) -> list[int]:
-    latent = int(unet.config.sample_size)
+    latent = latent_side(unet)
     return [latent // 2 ** k for k in range(len(unet.config.block_out_channels))]
 
 
 def _default_resolutions(unet) -> list[int]:
     """The official 8x8, 16x16 and 32x32 of SD's 64x64 latents (latent / 8, / 4, / 2); a model with
     fewer than two of those levels uses all of its levels."""
-    latent, levels = int(unet.config.sample_size), _levels(unet)
+    latent, levels = latent_side(unet), _levels(unet)
     official = [r for r in (latent // 8, latent // 4, latent // 2) if r in levels]
     return official if len(official) >= 2 else levels
 
@@ -174,7 +176,7 @@ def _default_roi_resolutions(unet) -> list[int]:
     """The RoI's cross-attention: every level but the finest (the latent resolution: SD's 64x64
     layers are left out, as in the official code); a one-level model keeps its level."""
     levels = _levels(unet)
-    return [r for r in levels if r != int(unet.config.sample_size)] or levels
+    return [r for r in levels if r != latent_side(unet)] or levels
 
 
 def cluster(features, n_clusters: int = 8, method: str = "kmeans", distance_threshold: float = 0.5,
@@ -241,7 +243,7 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
         missing = [r for r in chosen if r not in levels]
         if missing:
             raise ValueError(f"{name} {missing} are not levels of this UNet; it has {levels}")
-    size = size or 2 * int(pipe.unet.config.sample_size)  # 128 for SD's 64x64 latents, as the official code
+    size = size or 2 * latent_side(pipe.unet)  # 128 for SD's 64x64 latents, as the official code
     feature_steps = steps if feature_steps is None else min(steps, feature_steps)
     if feature_steps < 1:
         raise ValueError(f"feature_steps is a number of denoising steps >= 1, got {feature_steps}")
@@ -426,7 +428,7 @@ def regularised_resolution(unet) -> int:
     """The lowest resolution LIME regularises: the upper half of the UNet's levels (SD1.5's 64/32/16/8
     -> 32, the official choice; toy-ip2p's 16/8 -> 16).  On toy-ip2p, regularising the 8x8 layers
     as well doubled the change outside the edit mask (12 recolour edits, s_T = 2)."""
-    latent = int(unet.config.sample_size)
+    latent = latent_side(unet)
     levels = len(unet.config.block_out_channels)
     return latent // 2 ** (math.ceil(levels / 2) - 1)
 

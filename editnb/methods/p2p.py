@@ -19,13 +19,15 @@ def local_blend_hook(ctrl: PromptToPrompt):
 def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, mode: str = "replace",
                      cross_replace: float = 0.8, self_replace: float = 0.4, equalizer: dict | None = None,
                      blend_words=None, guidance: float = 7.5, steps: int = 50, generator=None,
-                     image=None, inversion: str = "direct", scheduler: str = "ddim", before=None) -> diffusion.Result:
+                     image=None, inversion: str = "direct", scheduler: str = "ddim", before=None,
+                     size=None) -> diffusion.Result:
     """Edit with P2P.  Without `image`, source and target are generated from the same noise.
 
     With `image`, the image is DDIM-inverted with the source prompt (``inversion="ddim"``) and,
     by default, the source branch is held on the inversion trajectory (``"direct"``: Direct
     Inversion, Ju et al. 2024), which keeps the source reconstruction exact under guidance.
-    Returns a Result whose images are [source, target]; ``result.found["controller"]`` is the
+    `size`: (height, width) in pixels of a generated pair (default: the model's own, e.g. SD 1.5's
+    512x512; 512x768 works, the attention levels keep their names).  Returns a Result whose images are [source, target]; ``result.found["controller"]`` is the
     controller and ``result.masks["blend"]`` the local-blend mask (when blend words are given).
     `before`: another controller chained before P2P's (its logit biases first, then P2P's
     probability edits), e.g. LIME's regulariser (:func:`editnb.methods.lime.prompt_to_prompt`);
@@ -40,7 +42,7 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, mode: str = "
     out = editing.dual_branch(pipe, source_prompt, target_prompt, image=image, inversion=inversion,
                               scheduler=scheduler, guidance=guidance, steps=steps, generator=generator,
                               controller=ctrl if before is None else Chain(before, ctrl),
-                              blend=local_blend_hook(ctrl) if ctrl.blend is not None else None)
+                              blend=local_blend_hook(ctrl) if ctrl.blend is not None else None, size=size)
     out.found["p2p"] = ctrl
     return out
 

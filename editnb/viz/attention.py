@@ -55,15 +55,16 @@ def _map_over_grey(ax, image, m, vmin=0.0, vmax=1.0, alpha: float = 0.7, cmap: s
 def word_maps(store, tokenizer, prompt: str, resolution: int | None = None, steps=None, size: int | None = None,
               index: int = 0, skip=("<|startoftext|>",), scaled: bool = True) -> dict[str, np.ndarray]:
     """{word: map} from a store's cross-attention (mean over the word's tokens), upsampled
-    bilinearly to `size` (default: the map's own resolution).  ``scaled``: each map min-max scaled
+    bilinearly to `size` (a side, or (height, width); default: the map's own shape).  ``scaled``: each map min-max scaled
     to [0, 1] (for pictures); ``scaled=False`` keeps the attention probabilities (to compare words)."""
     res = resolution or max(s.resolution for s in store.sites.values() if s.kind == "cross")
-    agg = store.aggregate("cross", resolution=res, steps=steps)[index]  # (res, res, keys)
+    agg = store.aggregate("cross", resolution=res, steps=steps)[index]  # (h, w, keys): (res, res) if square
+    target = None if not size else (size, size) if isinstance(size, int) else tuple(size)
     out = {}
     for word, toks in word_tokens(tokenizer, prompt):
         m = agg[..., toks].mean(-1)
-        if size and size != res:
-            m = F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        if target and target != tuple(m.shape):
+            m = F.interpolate(m[None, None], size=target, mode="bilinear", align_corners=False)[0, 0]
         if scaled:
             m = m - m.min()
             m = m / m.max().clamp_min(1e-8)
@@ -134,21 +135,22 @@ def self_attention_of_pixel(store, image, pixel: tuple[int, int], resolution: in
 
     img = to_numpy(image)
     res = resolution or max(s.resolution for s in store.sites.values() if s.kind == "self")
-    agg = store.aggregate("self", resolution=res, steps=steps)[index]  # (res, res, res*res)
+    agg = store.aggregate("self", resolution=res, steps=steps)[index]  # (h, w, h*w): (res, res, res*res) if square
+    h, w = agg.shape[:2]
     x, y = pixel
     if not (0 <= x < img.shape[1] and 0 <= y < img.shape[0]):
         raise ValueError(f"pixel {pixel} is outside the {img.shape[1]}x{img.shape[0]} image")
-    qx, qy = int(x * res / img.shape[1]), int(y * res / img.shape[0])
-    m = agg[qy, qx].reshape(res, res)
+    qx, qy = int(x * w / img.shape[1]), int(y * h / img.shape[0])
+    m = agg[qy, qx].reshape(h, w)
     m = (m / m.max()).numpy()
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 0.5, size + 0.3))
     axes[0].imshow(img, interpolation="nearest")
     axes[0].plot([x], [y], "+", color=np.asarray(MASK_COLOUR) / 255, markersize=14, mew=2)
     axes[0].set_title(f"query pixel ({x}, {y})", fontsize=8)
     artist = axes[1].imshow(m, cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
-    axes[1].plot([(x + 0.5) * res / img.shape[1] - 0.5], [(y + 0.5) * res / img.shape[0] - 0.5], "+",
+    axes[1].plot([(x + 0.5) * w / img.shape[1] - 0.5], [(y + 0.5) * h / img.shape[0] - 0.5], "+",
                  color=np.asarray(MASK_COLOUR) / 255, markersize=10, mew=1.5)
-    axes[1].set_title(f"its self-attention ({res}x{res})", fontsize=8)
+    axes[1].set_title(f"its self-attention ({h}x{w})", fontsize=8)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -105,15 +105,14 @@ def instruction_map(store: AttentionStore, words: torch.Tensor) -> torch.Tensor:
     layers = store.layers("cross")
     if not layers:
         raise ValueError("no cross-attention was recorded; the UNet has no cross-attention layers to observe")
-    side = max(store.sites[n].resolution for n in layers)
+    hw = store.sites[max(layers, key=lambda n: store.sites[n].resolution)].hw  # the finest level's (h, w)
     maps = []
     for name in layers:
         probs = [store.maps[key] for key in store.maps if key[0] == name]  # one call per pass: one step
         p = torch.stack(probs).mean(0)  # (B, queries, keys)
         m = (p * words[:, None, :].to(p)).sum(-1)
-        r = store.sites[name].resolution
-        m = m.reshape(-1, 1, r, r)
-        maps.append(m if r == side else F.interpolate(m, size=(side, side), mode="bilinear", align_corners=False))
+        m = m.reshape(-1, 1, *store.sites[name].hw)
+        maps.append(m if tuple(m.shape[-2:]) == hw else F.interpolate(m, size=hw, mode="bilinear", align_corners=False))
     return torch.stack(maps).mean(0)[:, 0]
 
 

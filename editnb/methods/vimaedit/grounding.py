@@ -33,6 +33,7 @@ from ...attention.p2p import blend_level
 from ...attention import AttentionStore
 from ...attention.words import token_indices
 from ...clustering import kmeans
+from ...images import latent_side
 
 MODES = ("iterative", "cross-attention", "dpl")
 
@@ -85,7 +86,7 @@ def minmax(s: torch.Tensor) -> torch.Tensor:
 def attention_levels(unet) -> list[int]:
     """The sides of the attention maps of `unet`, finest first (SD 1.5: 64, 32, 16, 8)."""
     c = unet.config
-    side = int(c.sample_size)
+    side = latent_side(unet)
     levels = {side // 2 ** k for k, kind in enumerate(c.down_block_types) if "Attn" in kind}
     if "Attn" in str(getattr(c, "mid_block_type", None) or ""):
         levels.add(side // 2 ** (len(c.down_block_types) - 1))
@@ -98,7 +99,7 @@ def grounding_resolutions(unet) -> tuple[int, int]:
     """(P1, P2): the cross-attention level (nearest a quarter of the latent side, as P2P's local
     blend) and the next finer attention level for the self-attention (SD 1.5: 16 and 32)."""
     levels = attention_levels(unet)
-    coarse = blend_level(levels, int(unet.config.sample_size))
+    coarse = blend_level(levels, latent_side(unet))
     finer = [r for r in levels if r > coarse]
     return coarse, (min(finer) if finer else coarse)
 
@@ -136,6 +137,7 @@ class StepAttention(AttentionStore):
             return probs
         if site.step != self.recorded_step:
             self._fresh(site.step)
+        site.square_side("ViMAEdit's grounding (Eq. 9-10 on P1 x P1 and P2 x P2 maps)")
         p = self.rows(probs.detach().reshape(-1, site.heads, *probs.shape[1:]), site).float().mean(1)
         if site.kind == "cross":
             word = p @ self.alpha.to(p)[: p.shape[0]].unsqueeze(-1)  # (B, q, 1): the blend words' attention
