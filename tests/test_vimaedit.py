@@ -309,3 +309,71 @@ def test_attention_uniformity_is_one_for_uniform_rows_and_lower_for_peaked_ones(
     assert abs(attention_uniformity(torch.full((4, 4), 0.25)) - 1.0) < 1e-6
     assert attention_uniformity(torch.eye(4)) < 1e-6
     assert 0 < attention_uniformity(torch.softmax(torch.eye(4) * 3, -1)) < 1
+
+
+def test_a_grounding_step_reads_the_conditional_rows_and_follows_eq9_and_eq10():
+    """One step of Grounding by hand in plain torch: the blend words' cross-attention of the text-
+    conditioned rows (never the unconditional ones) at P1, upsampled to P2, refined five times by
+    s <- g s + (1 - g) Q s with Q the conditional self-attention (rows: queries), normalised per
+    branch, combined by the max of the branches (Eq. 10), thresholded at delta (mask) and delta'
+    (critical region).  The data are chosen so that each wrong equation changes the answer."""
+    import torch.nn.functional as F
+
+    from editnb.attention.controller import Site
+    from editnb.layout import BatchLayout
+    from editnb.methods.vimaedit.grounding import Grounding, StepAttention
+
+    p1, p2, keys = 2, 4, 3
+    alpha = torch.zeros(2, keys)
+    alpha[0, 1] = alpha[1, 2] = 1.0  # the source's word is token 1, the target's token 2
+    layout = BatchLayout(("uncond", "cond"), ("source", "target"))  # rows: uncond src, uncond tgt, cond src, cond tgt
+    g = torch.Generator().manual_seed(0)
+    cross = (4 * torch.randn(4, p1 * p1, keys, generator=g)).softmax(-1)
+    self_attn = (4 * torch.randn(4, p2 * p2, p2 * p2, generator=g)).softmax(-1)
+    recorder = StepAttention(alpha, coarse=p1, fine=p2, start=0)
+    recorder.forward(cross, Site("down.attn2", "down", "cross", p1, 1, 0, layout))
+    recorder.forward(self_attn, Site("up.attn1", "up", "self", p2, 1, 0, layout))
+    ground = Grounding(recorder, mode="iterative", gamma=0.5, rounds=5, delta=0.5, delta_critical=0.8, keep_history=True)
+    ground.update(0, (p2, p2))
+
+    word = torch.stack([cross[2] @ alpha[0], cross[3] @ alpha[1]])  # (branches, P1*P1)
+    s = F.interpolate(word.reshape(2, 1, p1, p1), size=(p2, p2), mode="nearest").reshape(2, -1)
+    s0 = s.clone()
+    for _ in range(5):  # Eq. 9
+        s = 0.5 * s + 0.5 * torch.einsum("bpq,bq->bp", self_attn[2:], s)
+    lo, hi = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
+    per_branch = (s - lo) / (hi - lo)
+    combined = per_branch.amax(0).reshape(p2, p2)  # Eq. 10
+    torch.testing.assert_close(ground.history[0].saliency, combined)
+    assert torch.equal(ground.history[0].mask, combined > 0.5)
+    assert torch.equal(ground.history[0].critical, combined > 0.8)
+    # the data tell each wrong equation apart: the branches differ, Eq. 9 moves s_0, and some
+    # patches fall between delta and delta'
+    assert not torch.allclose(per_branch[0], per_branch[1], atol=0.05)
+    norm0 = (s0 - s0.amin(-1, keepdim=True)) / (s0.amax(-1, keepdim=True) - s0.amin(-1, keepdim=True))
+    assert ((norm0.amax(0).reshape(p2, p2) > 0.5) != (combined > 0.5)).any()
+    assert ((combined > 0.5) & (combined <= 0.8)).any()
+
+
+@pytest.mark.parametrize("image_guidance, image_scale, expected", [(True, None, 0.4), (True, 0.7, 0.7), (False, None, 0.0)])
+def test_the_image_embedding_weight_lambda_holds_during_the_whole_edit(adapter, image_guidance, image_scale, expected):
+    """Eq. 8: the IP-Adapter's image cross-attention enters with lambda = 0.4 (Appendix C) in every
+    UNet call of the edit, inversion included, and the cached pipeline gets its own scale back."""
+    from editnb.toy import world
+
+    def scales():
+        procs = [getattr(p, "inner", p) for p in adapter.unet.attn_processors.values()]
+        return {float(v) for p in procs if hasattr(p, "scale") for v in (p.scale if isinstance(p.scale, list) else [p.scale])}
+
+    before = scales()
+    seen = []
+    hook = adapter.unet.register_forward_pre_hook(lambda *a, **k: seen.append(scales()))
+    edit = world.edit_for("test", 0, kind="recolor")
+    options = {} if image_scale is None else {"image_scale": image_scale}
+    try:
+        vimaedit(adapter, edit.source_caption, edit.target_caption, edit.source_image(), edit.blend_words,
+                 image_guidance=image_guidance, steps=STEPS, generator=torch.Generator().manual_seed(0), **options)
+    finally:
+        hook.remove()
+    assert seen and all(s == {expected} for s in seen)
+    assert scales() == before
