@@ -377,3 +377,55 @@ def test_the_image_embedding_weight_lambda_holds_during_the_whole_edit(adapter, 
         hook.remove()
     assert seen and all(s == {expected} for s in seen)
     assert scales() == before
+
+
+def test_image_attention_replacement_copies_the_source_rows_of_the_conditional_branch():
+    from editnb.attention.controller import Site
+    from editnb.layout import BatchLayout
+    from editnb.methods.vimaedit.embeddings import ImageAttentionReplace
+
+    layout = BatchLayout(("uncond", "cond"), ("source", "target"))
+    replace = ImageAttentionReplace(steps=50, latent_side=64)  # SD 1.5: steps 0-4, levels 32 and coarser
+    at = lambda step, res, kind="cross": Site("l", "down", kind, res, 2, step, layout)  # noqa: E731
+    assert replace.wants(at(4, 32)) and replace.wants(at(0, 8))
+    assert not replace.wants(at(5, 32)) and not replace.wants(at(0, 64)) and not replace.wants(at(0, 16, "self"))
+    probs = torch.rand(4 * 2, 6, 4).softmax(-1)  # (batch*heads, queries, image tokens)
+    out = replace.image_forward(probs, at(0, 16)).reshape(4, 2, 6, 4)
+    before = probs.reshape(4, 2, 6, 4)
+    assert torch.equal(out[3], before[2])  # cond target <- cond source
+    assert torch.equal(out[:3], before[:3])  # the unconditional rows and the source keep theirs
+
+
+def test_materialised_image_attention_equals_the_adapters_own(adapter):
+    """An image_forward that changes nothing gives the UNet output of diffusers' IP-Adapter processor."""
+    from editnb.attention import IMAGE_PROBS, Controller, attach
+
+    class Identity(Controller):
+        def wants(self, site):
+            return frozenset({IMAGE_PROBS})
+
+    unet, g = adapter.unet, torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    image = [torch.randn(2, 1, adapter.image_encoder.config.projection_dim, generator=g)]
+    kwargs = {"encoder_hidden_states": text, "added_cond_kwargs": {"image_embeds": image}}
+    plain = unet(x, 500, **kwargs).sample
+    with attach(unet, Identity()):
+        observed = unet(x, 500, **kwargs).sample
+    torch.testing.assert_close(observed, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("image_replace, steps_replaced", [(0.1, {0}), (0.3, {0, 1, 2}), (0.0, set())])
+def test_vimaedit_replaces_the_image_attention_for_its_first_steps(adapter, monkeypatch, image_replace, steps_replaced):
+    from editnb.methods.vimaedit.embeddings import ImageAttentionReplace
+    from editnb.toy import world
+
+    seen = []
+    original = ImageAttentionReplace.image_forward
+    monkeypatch.setattr(ImageAttentionReplace, "image_forward",
+                        lambda self, probs, site: seen.append((site.step, site.resolution)) or original(self, probs, site))
+    edit = world.edit_for("test", 0, kind="recolor")
+    vimaedit(adapter, edit.source_caption, edit.target_caption, edit.source_image(), edit.blend_words, steps=10,
+             image_replace=image_replace, generator=torch.Generator().manual_seed(0))
+    assert {step for step, _ in seen} == steps_replaced
+    assert {res for _, res in seen} <= {8, 4}  # toy-sd's 16x16 latents: half the side and coarser

@@ -5,7 +5,9 @@ A controller declares, per attention call, what it needs:
 
 - ``PROBS``: read or change the probability matrix (the processor materialises it: softmax, bmm);
 - ``BIAS``: add a bias to the logits (it goes into ``scaled_dot_product_attention`` as a mask);
-- ``OUTPUT``: read the attention module's output (features).
+- ``OUTPUT``: read the attention module's output (features);
+- ``IMAGE_PROBS``: read or change the probabilities of an IP-Adapter's image cross-attention (its
+  decoupled attention over the image tokens, Ye et al. 2023), as ViMAEdit's runner replaces them.
 
 Where no controller needs anything, the observing processor runs the layer's own processor
 unchanged, so observation costs nothing where nothing is observed.
@@ -16,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from ..layout import BatchLayout
 
-PROBS, BIAS, OUTPUT = "probs", "bias", "output"
+PROBS, BIAS, OUTPUT, IMAGE_PROBS = "probs", "bias", "output", "image_probs"
 NOTHING: frozenset = frozenset()
 
 # diffusers' pipelines put the unconditional branch first: [uncond, cond]
@@ -77,6 +79,7 @@ class Controller:
     Subclasses override :meth:`forward` (gets the probabilities (batch*heads, queries, keys) and the
     :class:`Site`, returns them changed or not), :meth:`logit_bias` (an additive bias for the logits:
     LIME's regularisation), :meth:`observe_output` (the attention module's output: LIME's features),
+    :meth:`image_forward` (an IP-Adapter's image-attention probabilities, as :meth:`forward`),
     and should override :meth:`wants` to say where they need them.  By default a controller wants
     what it overrides, everywhere.
     """
@@ -108,6 +111,10 @@ class Controller:
         """An additive bias for the logits, broadcastable to (batch*heads, queries, keys), or None."""
         return None
 
+    def image_forward(self, probs, site):
+        """The IP-Adapter image cross-attention's probabilities (batch*heads, queries, image tokens), changed or not."""
+        return probs
+
     def observe_output(self, out, site) -> None:
         """Sees the attention module's output (batch, queries, channels); for feature capture."""
 
@@ -121,7 +128,8 @@ _DEFAULT_NEEDS: dict[type, frozenset] = {}
 def _overridden(cls) -> frozenset:
     if cls not in _DEFAULT_NEEDS:
         _DEFAULT_NEEDS[cls] = frozenset(need for need, method in ((PROBS, "forward"), (BIAS, "logit_bias"),
-                                                                    (OUTPUT, "observe_output"))
+                                                                    (OUTPUT, "observe_output"),
+                                                                    (IMAGE_PROBS, "image_forward"))
                                         if getattr(cls, method) is not getattr(Controller, method))
     return _DEFAULT_NEEDS[cls]
 
@@ -158,6 +166,13 @@ class Chain(Controller):
             here = self._at(c, site)
             if PROBS in c.wants(here):
                 probs = c.forward(probs, here)
+        return probs
+
+    def image_forward(self, probs, site):
+        for c in self.controllers:
+            here = self._at(c, site)
+            if IMAGE_PROBS in c.wants(here):
+                probs = c.image_forward(probs, here)
         return probs
 
     def logit_bias(self, site, batch_heads, queries, keys, dtype, device):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..images import latent_hw
 from ..layout import published
-from .controller import BIAS, OUTPUT, PROBS, Chain, Controller, Site
+from .controller import BIAS, IMAGE_PROBS, OUTPUT, PROBS, Chain, Controller, Site
 
 
 class ObservedAttnProcessor(torch.nn.Module):
@@ -120,7 +120,8 @@ class ObservedAttnProcessor(torch.nn.Module):
                                                  is_causal=False)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         if ip_states is not None:
-            out = self._image_path(out, query, ip_states, batch, attn.heads, head_dim)
+            observe = (attn, site) if IMAGE_PROBS in needs else None
+            out = self._image_path(out, query, ip_states, batch, attn.heads, head_dim, observe)
         out = attn.to_out[1](attn.to_out[0](out))
         if OUTPUT in needs:
             self.controller.observe_output(out, site)
@@ -130,15 +131,23 @@ class ObservedAttnProcessor(torch.nn.Module):
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def _image_path(self, out, query, ip_states, batch, heads, head_dim):
-        """diffusers' IPAdapterAttnProcessor2_0 without masks: + scale x SDPA over the image tokens."""
+    def _image_path(self, out, query, ip_states, batch, heads, head_dim, observe=None):
+        """diffusers' IPAdapterAttnProcessor2_0 without masks: + scale x SDPA over the image tokens;
+        with `observe` = (attn, site), the probabilities are materialised and handed to the
+        controller's ``image_forward`` first."""
         ip = self.inner
         for states, scale, to_k_ip, to_v_ip in zip(ip_states, ip.scale, ip.to_k_ip, ip.to_v_ip):
             if (all(s == 0 for s in scale) if isinstance(scale, list) else scale == 0):
                 continue
             k = to_k_ip(states).view(batch, -1, heads, head_dim).transpose(1, 2)
             v = to_v_ip(states).view(batch, -1, heads, head_dim).transpose(1, 2)
-            img = F.scaled_dot_product_attention(query, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+            if observe is None:
+                img = F.scaled_dot_product_attention(query, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+            else:
+                attn, site = observe
+                flat = lambda t: t.reshape(batch * heads, *t.shape[2:])  # noqa: E731
+                probs = self.controller.image_forward(attn.get_attention_scores(flat(query), flat(k), None), site)
+                img = torch.bmm(probs, flat(v)).view(batch, heads, -1, head_dim)
             out = out + scale * img.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
         return out
 

@@ -30,9 +30,10 @@ from ...attention.p2p import PromptToPrompt
 from ...attention.words import word_tokens
 from ...features import ClipFeatures, clip_features
 from ...metrics import mask_iou
-from ...runtime import check_blend_words, check_prompts, check_steps
+from ...images import latent_side
+from ...runtime import check_blend_words, check_number, check_prompts, check_steps
 from ..p2p import present_blend_words  # noqa: F401  (used by the chapter, runs and tests)
-from .embeddings import IMAGE_EMBEDDING_SCALE, adapter_scale, branch_embeddings
+from .embeddings import IMAGE_EMBEDDING_SCALE, ImageAttentionReplace, adapter_scale, branch_embeddings
 from .grounding import MODES, Grounding, GroundingStep, StepAttention, blend_alpha, grounding_resolutions
 
 VARIANCES = ("adaptive", "zero", "full")
@@ -85,7 +86,7 @@ def vimaedit(pipe, source_prompt: str, target_prompt: str, image=None, blend_wor
              cross_replace: float = 0.4, self_replace: float = 0.6, guidance=(1.0, 7.5), steps: int = 50,
              inversion: str = "direct", scheduler: str = "ddim", generator=None, gamma: float = 0.5,
              rounds: int = 5, delta: float = 0.5, delta_critical: float = 0.8, start: float = 0.2,
-             clusters: int = 5, image_scale: float = IMAGE_EMBEDDING_SCALE,
+             clusters: int = 5, image_scale: float = IMAGE_EMBEDDING_SCALE, image_replace: float = 0.1,
              keep_history: bool = False) -> diffusion.Result:
     """Edit with ViMAEdit; returns a Result with images [source, target].
 
@@ -96,7 +97,9 @@ def vimaedit(pipe, source_prompt: str, target_prompt: str, image=None, blend_wor
       or "ddim"); without it the source is generated from noise (then no image guidance);
     - ``blend_words``: (source word(s), target word(s)), the words whose attention grounds the edit;
     - ``grounding``: "iterative" (Eq. 9), "cross-attention", "dpl" (Table 2) or None (no blending);
-    - ``variance``: "adaptive" (Eq. 11), "zero" (eta = 0 everywhere), "full" (eta = 1 everywhere).
+    - ``variance``: "adaptive" (Eq. 11), "zero" (eta = 0 everywhere), "full" (eta = 1 everywhere);
+    - ``image_replace``: the fraction of the steps for which the target's image cross-attention maps
+      are the source's (the official runner's 0.1; 0 switches it off), with ``image_guidance``.
     ``result.found["grounding"]`` is the :class:`Grounding` (its ``history`` with ``keep_history``),
     ``result.masks["blend"]`` the last mask and ``result.masks["critical"]`` the last critical region.
     """
@@ -105,6 +108,8 @@ def vimaedit(pipe, source_prompt: str, target_prompt: str, image=None, blend_wor
     steps = check_steps(steps)
     blend_words = check_blend_words(blend_words)
     _check(variance, grounding, gamma, rounds, start, image_scale, clusters)
+    if not 0.0 <= check_number(image_replace, "image_replace", "0.1") <= 1.0:
+        raise ValueError(f"image_replace is a fraction of the steps in [0, 1] (the official runner: 0.1), got {image_replace}")
     if image_guidance and image is None:
         raise ValueError("image-embedding guidance (Eq. 7) needs the source image: pass image=, or "
                          "image_guidance=False to edit a generated source")
@@ -130,6 +135,8 @@ def vimaedit(pipe, source_prompt: str, target_prompt: str, image=None, blend_wor
                            delta_critical=delta_critical, clusters=clusters, keep_history=keep_history)
         # after P2P: the maps each branch really used, as the official controller records them
         controller = Chain(p2p, recorder)
+    if image_guidance and image_replace > 0:
+        controller = Chain(controller, ImageAttentionReplace(steps, latent_side(pipe.unet), image_replace))
     noise = None
     if variance == "adaptive":
         noise = ground.adaptive_noise

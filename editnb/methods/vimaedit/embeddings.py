@@ -5,7 +5,9 @@ The target image's CLIP embedding is estimated from the source image's and the t
 different norms, so -- as the official code does, the paper leaves it out -- each prompt embedding
 is first rescaled to the image embedding's norm: ``e_T <- e_T |e_I^src| / |e_T|``.  The source
 branch is conditioned on e_I^src, the target branch on the estimate, both through IP-Adapter
-(Eq. 8: its image cross-attention added with weight lambda = 0.4).
+(Eq. 8: its image cross-attention added with weight lambda = 0.4).  For the first 10 % of the steps
+the target's image-attention maps are the source's (:class:`ImageAttentionReplace`, the official
+runner's ``cross_image_replace_steps``; the paper does not mention it).
 
 The image embedding comes from the IP-Adapter's own image encoder (what it was trained on), the
 prompt embeddings from the text tower of the CLIP that shares its space: ``clip-h14`` (OpenCLIP
@@ -19,6 +21,8 @@ from contextlib import contextmanager
 import torch
 
 from ... import diffusion
+from ...attention import IMAGE_PROBS, Controller, layout_of
+from ...attention.controller import NOTHING
 from ...diffusion import execution_device
 from ...features import ClipFeatures
 
@@ -49,6 +53,29 @@ def branch_embeddings(pipe, text_clip: ClipFeatures, image, source_prompt: str, 
     texts = text_clip.texts([source_prompt, target_prompt]).to(e_src.device, torch.float32)
     e_tgt = estimate_target_embedding(e_src, texts[:1], texts[1:])
     return [torch.cat([e_src, e_tgt])[:, None].to(pipe.unet.dtype)]
+
+
+class ImageAttentionReplace(Controller):
+    """The official runner's image cross-attention injection (``cross_image_replace_steps=0.1``): for
+    the first `fraction` of the steps, at the levels of half the latent side and coarser (SD 1.5:
+    32x32, 16x16, 8x8), the target branch's IP-Adapter image-attention probabilities are the source
+    branch's, in the text-conditioned rows (as Prompt-to-Prompt replaces text cross-attention), so
+    the estimated target embedding (Eq. 7) changes what the target draws, not where."""
+
+    def __init__(self, steps: int, latent_side: int, fraction: float = 0.1):
+        super().__init__()
+        self.until, self.max_resolution = int(fraction * steps), latent_side // 2
+
+    def wants(self, site):
+        if site.kind == "cross" and site.step < self.until and site.resolution <= self.max_resolution:
+            return frozenset({IMAGE_PROBS})
+        return NOTHING
+
+    def image_forward(self, probs, site):
+        layout = layout_of(site, probs.shape[0] // site.heads)
+        p = probs.reshape(layout.size, site.heads, *probs.shape[1:]).clone()
+        p[layout.rows("cond", "target")] = p[layout.rows("cond", "source")]
+        return p.reshape(probs.shape)
 
 
 @contextmanager
