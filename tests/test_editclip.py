@@ -141,6 +141,7 @@ def test_toy_editclip_retrieves_pairs_of_the_same_edit_better_than_clip_and_clip
     assert ours > table["CLIP-Dir"]["MAP@10"] + 0.2 and ours > table["CLIP"]["MAP@10"] + 0.3, table
 
 
+@pytest.mark.slow
 def test_exemplar_editing_transfers_the_edit_kind_more_often_than_an_untrained_projection(editor):
     """48 held-out quartets (all six kinds), s_E = 7, s_I = 1.5, 10 steps, same seeds: how often the
     oracle reads the query's output as changed the way the exemplar's kind says.  Measured 0.31

@@ -49,6 +49,7 @@ def test_paired_set_pairs_each_source_with_its_nearest_pool_image(toy):
     assert 0.0 <= iedit.pseudo_target_accuracy(paired) <= 1.0
 
 
+@pytest.mark.slow
 def test_iedit_m_preserves_the_background_better_than_sdedit(toy):
     """The paper's Table 1 claim on SSIM-M-bar, on object edits (recolour, reshape) with the same
     seeds: masked inference (Eq. 13) keeps what lies outside the edit."""

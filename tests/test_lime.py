@@ -1,5 +1,6 @@
 """LIME on the shipped toy-ip2p: the found RoI on ToyWorld recolour edits overlaps the true mask."""
 import numpy as np
+import pytest
 import torch
 
 from editnb import metrics, models
@@ -7,6 +8,7 @@ from editnb.methods import lime
 from editnb.toy import oracle, world
 
 
+@pytest.mark.slow
 def test_roi_overlaps_the_true_edit_mask_on_recolour_edits():
     """Mean IoU of LIME's RoI (KMeans, 8 clusters) with the exact edit mask over 50 held-out recolour
     edits, localised as `lime.edit` does by default (a LOCALISATION_STEPS = 5 step pass): measured
@@ -23,6 +25,7 @@ def test_roi_overlaps_the_true_edit_mask_on_recolour_edits():
     assert np.mean(ious) > 0.45, f"mean RoI IoU {np.mean(ious):.2f} over 50 recolour edits"
 
 
+@pytest.mark.slow
 def test_lime_changes_less_outside_the_mask_than_ip2p_on_removal_edits():
     """IP2P (s_T = 7.5) vs IP2P + LIME (its defaults) on the same seeds, 12 held-out removal edits:
     plain IP2P sometimes repaints the whole image; LIME confines it.  Measured mean change outside

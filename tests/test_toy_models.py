@@ -207,6 +207,7 @@ def test_inversion_reconstruction_psnr(sd):
     assert plain > 20 and direct == pytest.approx(vae, abs=0.01)
 
 
+@pytest.mark.slow
 def test_toy_ip_adapter_brings_a_scene_back_from_its_image_embedding_alone():
     """ViMAEdit's Figure 5 on the shipped adapter: toy-sd conditioned only on a held-out scene's image
     embedding (empty prompt, adapter weight 1) shows that scene's objects far more often than those

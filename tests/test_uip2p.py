@@ -376,6 +376,7 @@ def test_freezing_names_real_blocks_and_the_matched_ip2p_freezes_the_same():
 RECON_MARGIN = 15.0  # grey levels of 255; `editnb toy eval` measures 45 against 78 on 36 other edits
 
 
+@pytest.mark.slow
 def test_shipped_toy_uip2p_reconstructs_the_input_better_than_its_untrained_start():
     """The point of ERC, measured on held-out edits of every kind: reverse(forward(input)) with
     toy-uip2p is closer to the input than with the start it was trained from (which ignores the

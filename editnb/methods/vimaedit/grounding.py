@@ -16,7 +16,14 @@ normalised, and the branches combined by ``s = max(s_src, s_tgt)`` (Eq. 10).  Th
 
 The derivatives replace Eq. 9: ``"cross-attention"`` keeps s_0 (P2P's grounding);
 ``"dpl"`` clusters the patches by their self-attention rows (KMeans, :mod:`editnb.clustering`) and
-gives each patch the mean s_0 of its cluster (DPL as the ViMAEdit paper describes it).
+gives each patch the mean s_0 of its cluster (DPL as the ViMAEdit paper describes it).  Neither paper
+gives the cluster count; 5 is the course's choice: a ToyWorld scene has at most four regions (three
+objects and the background), and one more cluster lets the edited object's rim split off.
+
+Layers: every layer of P1 (cross) and of P2 (self) is averaged.  The official runner slices its
+attention store (``down_cross_text[4:6]``, ``up_cross_text[:3]``, ``down_self[2:4]``,
+``up_self[3:6]``); on SD 1.5 those slices are exactly the 16x16 cross-attention layers and the 32x32
+self-attention layers (2 down, 3 up each), so the choice is the same, not a departure.
 
 P1 and P2 come from the model: P1 is the attention level nearest a quarter of the latent side
 (P2P's blend resolution), P2 the next finer attention level (a model with one level uses it for
