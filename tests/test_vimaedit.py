@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -429,3 +430,29 @@ def test_vimaedit_replaces_the_image_attention_for_its_first_steps(adapter, monk
              image_replace=image_replace, generator=torch.Generator().manual_seed(0))
     assert {step for step, _ in seen} == steps_replaced
     assert {res for _, res in seen} <= {8, 4}  # toy-sd's 16x16 latents: half the side and coarser
+
+
+def test_grounding_comparison_reads_the_last_step_and_the_steps_above_the_baseline():
+    from editnb.methods.vimaedit import GroundingComparison
+
+    ious = {"cross-attention": np.array([[0.2, 0.5, 0.6], [0.4, 0.5, 0.4]]),  # means per step 0.3, 0.5, 0.5
+            "iterative": np.array([[0.4, 0.4, 0.7], [0.4, 0.5, 0.5]])}  # means per step 0.4, 0.45, 0.6
+    c = GroundingComparison(ious)
+    assert c.final("iterative") == pytest.approx(0.6) and c.final("cross-attention") == pytest.approx(0.5)
+    assert c.steps_above("iterative") == pytest.approx(2 / 3)  # above at the first and last step, below at the second
+
+
+def test_refine_defaults_to_the_papers_gamma_and_rounds_and_names_bad_shapes():
+    """gamma = 0.5 and N = 5 (Sec. 4.3) when not given; N = 0 is no refinement; a Q that does not
+    match the saliency is refused with both shapes named."""
+    g = torch.Generator().manual_seed(0)
+    Q, s0 = torch.rand(4, 4, generator=g).softmax(-1), torch.rand(4, generator=g)
+    closed = torch.linalg.matrix_power(0.5 * torch.eye(4) + 0.5 * Q, 5) @ s0
+    rounds = refine(s0, Q)
+    assert len(rounds) == 5
+    torch.testing.assert_close(rounds[-1], closed)
+    assert refine(s0, Q, rounds=0) == []
+    with pytest.raises(ValueError, match=r"got Q \(4, 3\), s_0 \(4,\)"):
+        refine(s0, Q[:, :3])
+    with pytest.raises(ValueError, match=r"got Q \(4, 4\), s_0 \(3,\)"):
+        refine(s0[:3], Q)

@@ -8,10 +8,10 @@
 - :mod:`.runs`: registers "vimaedit", its Table 2 derivatives ("vimaedit-no-image", "vimaedit-ca",
   "vimaedit-dpl", "vimaedit-var0", "vimaedit-var1") and "p2p-pie" with the benchmark runner.
 """
-from .edit import GroundingTrace, trace_grounding, vimaedit
+from .edit import GroundingComparison, GroundingTrace, compare_groundings, trace_grounding, vimaedit
 from .embeddings import estimate_target_embedding
 from .grounding import Grounding, grounding_resolutions, refine
 from . import runs  # noqa: F401  (registration happens at import)
 
-__all__ = ["Grounding", "GroundingTrace", "estimate_target_embedding", "grounding_resolutions", "refine",
+__all__ = ["Grounding", "GroundingComparison", "GroundingTrace", "compare_groundings", "estimate_target_embedding", "grounding_resolutions", "refine",
            "trace_grounding", "vimaedit"]

@@ -209,3 +209,35 @@ def trace_grounding(pipe, source_prompt: str, target_prompt: str, image, blend_w
             true[0, :] = true[-1, :] = true[:, 0] = true[:, -1] = False
         ious = [mask_iou(resize_mask(s.mask, true.shape), true) for s in ground.history]
     return GroundingTrace(result, ground.history, (ground.recorder.coarse, ground.recorder.fine), ious)
+
+
+@dataclass
+class GroundingComparison:
+    """The groundings of Table 2 on the same edits (the paper's Figure 6a): ``ious[mode]`` is
+    (edits, grounded steps), each step's mask IoU with the true mask."""
+
+    ious: dict[str, np.ndarray]
+
+    def final(self, mode: str) -> float:
+        """Mean IoU of the last step's mask (the mask the edit ends with)."""
+        return float(self.ious[mode][:, -1].mean())
+
+    def steps_above(self, mode: str, baseline: str = "cross-attention") -> float:
+        """Share of the grounded steps at which `mode`'s mean IoU is above `baseline`'s."""
+        return float((self.ious[mode].mean(0) > self.ious[baseline].mean(0)).mean())
+
+
+def compare_groundings(pipe, edits, steps: int = 25, modes=MODES, generator_seed: int = 0, **options) -> GroundingComparison:
+    """Trace every grounding mode on every edit (objects with a blend word and a true mask: ToyWorld
+    edits), same seeds, and collect the IoU per step (:func:`trace_grounding`)."""
+    ious = {}
+    for mode in modes:
+        per_edit = []
+        for k, e in enumerate(edits):
+            blend = present_blend_words(pipe.tokenizer, e.source_caption, e.target_caption, e.blend_words)
+            generator = torch.Generator().manual_seed(generator_seed + k)
+            per_edit.append(trace_grounding(pipe, e.source_caption, e.target_caption, e.source_image(), blend,
+                                            true_mask=e.mask(), grounding=mode, steps=steps, generator=generator,
+                                            **options).ious)
+        ious[mode] = np.array(per_edit)
+    return GroundingComparison(ious)
