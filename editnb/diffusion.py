@@ -25,7 +25,7 @@ import torch
 
 from . import layout as _layout
 from . import pixels
-from .images import fit, latent_hw, model_resolution, pil_to_tensor, tensor_to_pil
+from .images import fit, latent_hw, model_resolution, pil_to_tensor, tensor_to_pil, vae_factor
 from .runtime import check_number, check_prompts, check_scale, check_steps
 from .layout import BatchLayout
 from .models import tokenize
@@ -121,7 +121,7 @@ def latent_shape(pipe, batch: int, size=None) -> tuple:
     c = pipe.unet.config.out_channels
     if size is None:
         return (batch, c, *latent_hw(pipe.unet))
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_factor(pipe.vae)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % factor == 0 for v in size)):
         raise ValueError(f"size must be (height, width) in pixels, each a positive multiple of {factor} (this VAE's "

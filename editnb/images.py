@@ -143,6 +143,11 @@ def fit(image, size: int) -> Image.Image:
     return pil.crop((left, top, left + size, top + size))
 
 
+def vae_factor(vae) -> int:
+    """How many pixels one latent cell spans on a side: 2 per downsampling level (SD 1.5: 8; toy: 4)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def latent_hw(unet) -> tuple[int, int]:
     """A UNet's own latent (height, width): its ``sample_size``, an int or an (h, w) pair."""
     size = unet.config.sample_size
@@ -163,7 +168,7 @@ def model_resolution(pipe_or_vae) -> int:
     unet = getattr(pipe_or_vae, "unet", None)
     vae = getattr(pipe_or_vae, "vae", None)
     if unet is not None and vae is not None:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        factor = vae_factor(vae)
         return latent_side(unet) * factor
     if hasattr(pipe_or_vae, "config") and "sample_size" in pipe_or_vae.config:
         return int(pipe_or_vae.config.sample_size)
