@@ -219,3 +219,118 @@ def test_sd15_shaped_editor_refuses_without_untrained_ok_and_warns_with_it():
     size = model_resolution(ed.pipe)
     assert np.asarray(res.image).shape == (size, size, 3) and size != q.query.source_image().shape[0]
     assert res.found["condition"].shape[-1] == linear.out_features
+
+
+# ------------------------------------------------------------------ the two objectives (supplement Sec. G.1)
+
+
+def test_contrastive_loss_is_clips_symmetric_cross_entropy_with_shared_instructions_as_positives():
+    """Plain torch reference: logits = min(exp(s), 100) E T^T; each row's target spreads evenly over the
+    items with its instruction (one-hot when all differ); the loss is the mean of the image->text and
+    text->image cross-entropies."""
+    from editnb.methods.editclip import contrastive_loss
+
+    gen = torch.Generator().manual_seed(0)
+    E = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
+    T = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
+    scale = torch.tensor(2.0)
+
+    def reference(instructions, s):
+        logits = min(float(np.exp(s)), 100.0) * E @ T.T
+        pos = torch.tensor([[float(a == b) for b in instructions] for a in instructions])
+        target = pos / pos.sum(1, keepdim=True)
+        ce = lambda lg: -(target * torch.log_softmax(lg, -1)).sum(-1).mean()  # noqa: E731
+        return (ce(logits) + ce(logits.T)) / 2
+
+    distinct = ["make it red", "make it blue", "remove it", "add a square"]
+    assert contrastive_loss(E, T, scale, distinct).item() == pytest.approx(reference(distinct, 2.0).item(), rel=1e-5)
+    plain = (torch.nn.functional.cross_entropy(np.exp(2.0) * E @ T.T, torch.arange(4))
+             + torch.nn.functional.cross_entropy(np.exp(2.0) * T @ E.T, torch.arange(4))) / 2
+    assert contrastive_loss(E, T, scale, distinct).item() == pytest.approx(plain.item(), rel=1e-5)
+    shared = ["make it red", "make it red", "remove it", "make it red"]
+    loss = contrastive_loss(E, T, scale, shared)
+    assert loss.item() == pytest.approx(reference(shared, 2.0).item(), rel=1e-5)
+    assert abs(loss.item() - plain.item()) > 1e-3  # the shared positives count
+    big = torch.tensor(float(np.log(1000.0)))  # CLIP clamps the temperature at 100
+    assert contrastive_loss(E, T, big, distinct).item() == pytest.approx(reference(distinct, np.log(1000.0)).item(), rel=1e-5)
+    # a perfect match of edits and instructions is the loss's minimum direction: aligned pairs lose less
+    assert contrastive_loss(T, T, scale, distinct) < contrastive_loss(E, T, scale, distinct)
+
+
+def test_perceptual_distance_is_lpips_recipe_without_the_class_token():
+    """Per layer: unit-normalise each token's channels, squared difference summed over channels,
+    mean over tokens (token 0, the class token, left out); layers summed."""
+    from editnb.methods.editclip import perceptual_distance
+
+    a = torch.zeros(2, 3, 4)  # (B, tokens, dim): class token + 2 patch tokens
+    a[..., 0] = 1.0
+    b = a.clone()
+    b[1, 1:, 0], b[1, 1:, 1] = -3.0, 0.0  # item 1's patch tokens point the other way (unit: -e0)
+    b[:, 0] = 5.0  # class tokens differ: must not count
+    d = perceptual_distance([a, a], [b, b])
+    assert d.shape == (2,)
+    assert d.tolist() == pytest.approx([0.0, 2 * 4.0])  # |e0 - (-e0)|^2 = 4 per token, mean 4, two layers
+    scaled = perceptual_distance([a], [7 * a])  # channel scale does not count (unit-normalised)
+    assert scaled.tolist() == pytest.approx([0.0, 0.0])
+    half = b.clone()
+    half[1, 2] = a[1, 2]  # one of the two patch tokens agrees again: mean over tokens halves
+    assert perceptual_distance([a], [half])[1].item() == pytest.approx(2.0)
+
+
+def test_predict_x0_inverts_the_forward_noising_of_ddpm():
+    from diffusers import DDPMScheduler
+
+    from editnb.methods.editclip import predict_x0
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([10, 500, 990])
+    z_t = sched.add_noise(x0, eps, t)
+    assert torch.allclose(predict_x0(sched, z_t, eps, t), x0, atol=1e-3)
+    a = sched.alphas_cumprod[500]
+    assert torch.allclose(predict_x0(sched, z_t[1:2], eps[1:2], t[1:2]), (z_t[1:2] - (1 - a).sqrt() * eps[1:2]) / a.sqrt())
+
+
+def test_exemplar_objective_is_the_noise_loss_plus_lambda_2_times_the_input_preservation(random_ip2p):
+    """Recomputed in plain steps from the same generator: noise and t drawn in that order, the UNet
+    fed [z_t, z_in] with the condition, MSE to the noise; the preservation term is the perceptual
+    distance between the decoded one-step x_0 and the INPUT image; total = noise + lambda_2 x it;
+    dropped rows get a zero input latent."""
+    import torch.nn.functional as F
+
+    from editnb.features import ClipFeatures
+    from editnb.methods.editclip import exemplar_objective, perceptual_distance, predict_x0
+
+    pipe = random_ip2p
+    features = ClipFeatures(*models.load("clip", profile="toy"), name="toy-clip")
+    gen = torch.Generator().manual_seed(0)
+    x_in = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
+    x_tgt = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
+    cond = torch.randn(2, 4, pipe.unet.config.cross_attention_dim, generator=gen)
+    seen = []
+    unet = lambda x, t, encoder_hidden_states: (seen.append(x), pipe.unet(x, t, encoder_hidden_states=encoder_hidden_states))[1]  # noqa: E731
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        terms = exemplar_objective(unet, pipe.vae, pipe.scheduler, features, cond, x_in, x_tgt,
+                                   torch.Generator().manual_seed(5), lambda_2=0.3, drop_image=drop)
+        vae, sched = pipe.vae, pipe.scheduler
+        z_tgt = vae.encode(x_tgt).latent_dist.mode() * vae.config.scaling_factor
+        z_in = vae.encode(x_in).latent_dist.mode()
+        g = torch.Generator().manual_seed(5)
+        noise = torch.randn(z_tgt.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (2,), generator=g)
+        z_t = sched.add_noise(z_tgt, noise, t)
+        z_in_kept = torch.stack([z_in[0], torch.zeros_like(z_in[1])])
+        eps = pipe.unet(torch.cat([z_t, z_in_kept], 1), t, encoder_hidden_states=cond).sample
+        x0 = vae.decode(predict_x0(sched, z_t, eps, t).clamp(-20, 20) / vae.config.scaling_factor).sample.clamp(-1, 1)
+        preservation = perceptual_distance(features.pixel_hidden_states(x0), features.pixel_hidden_states(x_in)).mean()
+    assert torch.equal(seen[0][1, 4:], torch.zeros_like(seen[0][1, 4:])) and seen[0][0, 4:].abs().sum() > 0
+    assert terms.noise.item() == pytest.approx(F.mse_loss(eps, noise).item(), rel=1e-5)
+    assert terms.preservation.item() == pytest.approx(preservation.item(), rel=1e-4)
+    assert terms.total.item() == pytest.approx(terms.noise.item() + 0.3 * terms.preservation.item(), rel=1e-5)
+    with torch.no_grad():
+        off = exemplar_objective(unet, pipe.vae, pipe.scheduler, features, cond, x_in, x_tgt,
+                                 torch.Generator().manual_seed(5), lambda_2=0.0, drop_image=drop)
+    assert off.preservation.item() == 0.0 and off.total.item() == pytest.approx(terms.noise.item(), rel=1e-5)
+    assert editclip.LAMBDA_2 == 0.05  # supplement Sec. G.1

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from editnb import metrics
+from editnb.features import ClipFeatures
 from editnb.methods import get
 from editnb.methods.uip2p import (GroundTruthAccessError, attention_consistency_loss, clip_directional_loss,
-                                  directional_loss, erc_loss, reconstruction_loss, rule_based_reverse, table_4_rows)
+                                  directional_loss, erc_loss, reconstruction_loss, rule_based_reverse, similarity_loss,
+                                  table_4_rows)
 from editnb.methods.uip2p.data import ReverseInstructionDataset, batch_of, clip_filter, reversible_batch
 from editnb.toy import world
 
@@ -72,6 +74,40 @@ def test_clip_loss_compares_the_image_change_with_the_caption_change():
     good = clip_directional_loss(feats, inputs, along, ["a red circle"], ["a blue circle"])
     bad = clip_directional_loss(feats, inputs, across, ["a red circle"], ["a blue circle"])
     assert good.item() == pytest.approx(0.0, abs=1e-6) and bad.item() == pytest.approx(1.0, abs=1e-6)
+
+
+class _GeometricClip(ClipFeatures):
+    """ClipFeatures with known embeddings (its own ``distance``): images embed to their first 6
+    pixel values, normalised; texts to fixed unit vectors."""
+
+    def __init__(self, text_vectors: dict):
+        self.text_vectors = text_vectors
+
+    def pixel_features(self, x):
+        return torch.nn.functional.normalize(x.flatten(1)[:, :6], dim=-1)
+
+    def texts(self, texts):
+        return torch.stack([self.text_vectors[t] for t in texts])
+
+
+def test_similarity_loss_is_one_minus_the_cosine_of_the_edited_image_and_its_caption():
+    """L_sim (Sec. 4.1) = 1 - cos(E_I(I_e), E_T(T_e)), mean over the batch: 0 when the edited image
+    shows its caption, 1 when orthogonal, 2 when opposite; a sign flip or a swapped argument fails."""
+    e = torch.eye(6)
+    feats = _GeometricClip({"a red circle": e[0], "a blue circle": e[1]})
+    images = torch.zeros(3, 3, 2, 2)
+    images.view(3, -1)[0, 0] = 0.5    # shows "a red circle" (e0)
+    images.view(3, -1)[1, 0] = 1.0    # e0 against "a blue circle" (e1): orthogonal
+    images.view(3, -1)[2, 1] = -2.0   # -e1 against "a blue circle": opposite
+    per_item = [similarity_loss(feats, images[i:i + 1], [c]).item()
+                for i, c in enumerate(["a red circle", "a blue circle", "a blue circle"])]
+    assert per_item == pytest.approx([0.0, 1.0, 2.0], abs=1e-6)
+    both = similarity_loss(feats, images[:2], ["a red circle", "a blue circle"])
+    assert both.item() == pytest.approx(0.5, abs=1e-6)
+    # differentiable in the image, and descending it turns the image toward its caption
+    x = images[1:2].clone().requires_grad_(True)
+    similarity_loss(feats, x, ["a blue circle"]).backward()
+    assert x.grad.view(-1)[1] < 0
 
 
 def test_erc_loss_weights_the_terms_and_refuses_unknown_or_negative_weights():
