@@ -74,8 +74,8 @@ class ChapterInputs(SimpleNamespace):
         edit mask ("leak", grey levels) and whether the oracle reads the edit as done; on a photo, the
         mean change over the whole image ("change", grey levels), for want of a true mask."""
         if self.oracle is not None:
-            return {"leak": self.oracle.change_outside(image, edit),
-                    "done": self.oracle.edit_success(np.asarray(image), edit)}
+            return {"leak": float(self.oracle.change_outside(image, edit)),
+                    "done": bool(self.oracle.edit_success(np.asarray(image), edit))}
         change = np.abs(np.asarray(image, float) - np.asarray(edit.source_image(), float)).mean()
         return {"change": float(change)}
 
