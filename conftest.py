@@ -72,5 +72,14 @@ def pytest_collection_modifyitems(config, items):
     (``--dist loadscope --no-loadscope-reorder``): a scope (a notebook's cells, which share its
     kernel; a test module; a test class) goes whole to one worker, and the scopes in this order."""
     chapter_runs = ("tests/test_chapters_sd15_shaped.py", "tests/test_browser.py")
+    # a chapter that the browser test runs on the toy profile (05) is not run again by nbval: the
+    # browser test executes every cell and checks its NBVAL_CHECK_OUTPUT cells (TOY_CHAPTERS there)
+    toy_in_browser = {chapter for item in items if item.nodeid.startswith("tests/test_browser.py::TestBrowser")
+                      for chapter in item.module.TOY_CHAPTERS if item.nodeid.split("::")[1] == f"TestBrowser{chapter}"}
+    twice = [item for item in items if type(item).__name__ == "IPyNbCell"
+             and item.nodeid.split("::")[0] in {f"notebooks/{c}.ipynb" for c in toy_in_browser}]
+    if twice:
+        config.hook.pytest_deselected(items=twice)
+        items[:] = [item for item in items if item not in twice]
     items.sort(key=lambda item: 0 if item.nodeid.startswith(chapter_runs) else
                1 if type(item).__name__ == "IPyNbCell" else 2)

@@ -66,6 +66,13 @@ JS_STATE = """() => {
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
   return {total: cells.length, done: done, error: error, status: kernel ? kernel.status : 'none'};
 }"""
+JS_CHECKED_OUTPUTS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+  .filter(c => c.model.type === 'code' && c.model.sharedModel.getSource().includes('NBVAL_CHECK_OUTPUT'))
+  .map(c => c.model.outputs.toJSON().filter(o => o.output_type === 'stream').map(o => o.text).join(''))"""
+#: the chapters that run on the toy profile here too (05 switches itself to toy): their nbval run would
+#: execute the same cells a second time, so conftest.py leaves it out when this test runs, and this
+#: test checks their NBVAL_CHECK_OUTPUT cells against the committed outputs instead
+TOY_CHAPTERS = ("05_uip2p",)
 JS_CELL_WITH = """(text) => window.jupyterapp.shell.currentWidget.content.widgets
   .findIndex(c => c.model.sharedModel.getSource().includes(text))"""
 
@@ -221,6 +228,24 @@ def run_all(page, lab: Lab, chapter: str) -> None:
         time.sleep(1)
 
 
+def committed_checked_outputs(chapter: str) -> list[str]:
+    """The stream text of the chapter's NBVAL_CHECK_OUTPUT cells in the committed notebook."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / f"{chapter}.ipynb", as_version=4)
+    return ["".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
+            for c in nb.cells if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source]
+
+
+def check_outputs(page, chapter: str) -> None:
+    """nbval's output check, for a chapter whose nbval run this test replaces (TOY_CHAPTERS)."""
+    expected, found = committed_checked_outputs(chapter), page.evaluate(JS_CHECKED_OUTPUTS)
+    assert expected, f"{chapter} has no NBVAL_CHECK_OUTPUT cell"
+    for k, (want, got) in enumerate(zip(expected, found)):
+        assert got == want, f"{chapter}: output-checked cell {k} printed {got!r}, the committed notebook {want!r}"
+    assert len(found) == len(expected)
+
+
 def _drawn(area, watch: str):
     """What the operation must change: the images of the widget's figure, or the text of its board."""
     if watch == "figure":
@@ -280,6 +305,8 @@ def _chapter_case(chapter: str) -> type:
     class Case:
         def test_runs_in_jupyterlab_and_its_widgets_respond(self, lab, page):
             run_all(page, lab, chapter)
+            if chapter in TOY_CHAPTERS:
+                check_outputs(page, chapter)
             operate_widgets(page, chapter)
 
     Case.__name__ = Case.__qualname__ = f"TestBrowser{chapter}"
