@@ -334,3 +334,31 @@ def test_exemplar_objective_is_the_noise_loss_plus_lambda_2_times_the_input_pres
                                  torch.Generator().manual_seed(5), lambda_2=0.0, drop_image=drop)
     assert off.preservation.item() == 0.0 and off.total.item() == pytest.approx(terms.noise.item(), rel=1e-5)
     assert editclip.LAMBDA_2 == 0.05  # supplement Sec. G.1
+
+
+def test_exemplar_objective_compares_an_image_in_the_input_range(random_ip2p):
+    """The preservation term compares the decoded estimate as an IMAGE, clipped to [-1, 1] like the
+    input, even when the one-step estimate runs far out (a UNet predicting huge noise)."""
+    from editnb.features import ClipFeatures
+    from editnb.methods.editclip import exemplar_objective
+
+    pipe = random_ip2p
+
+    class Recording(ClipFeatures):
+        seen: list = []
+
+        def pixel_hidden_states(self, x):
+            self.seen.append(x.detach())
+            return super().pixel_hidden_states(x)
+
+    features = Recording(*models.load("clip", profile="toy"), name="toy-clip")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1
+    cond = torch.randn(2, 4, pipe.unet.config.cross_attention_dim, generator=gen)
+    huge = lambda x_, t, encoder_hidden_states: type("Out", (), {"sample": torch.full_like(x_[:, :4], 1e3) * torch.tensor([1.0, -1.0])[:, None, None, None]})()  # noqa: E731
+    with torch.no_grad():
+        exemplar_objective(huge, pipe.vae, pipe.scheduler, features, cond, x, x, gen, lambda_2=0.05)
+    estimate, image = features.seen
+    assert torch.equal(image, x)  # the input itself, unchanged
+    assert estimate.min() >= -1 and estimate.max() <= 1
+    assert (estimate == 1).any() and (estimate == -1).any()  # the decoder ran out of range both ways, and was clipped
