@@ -22,6 +22,9 @@ def toy():
      ("white background", "gray background")),
     ("a red circle on a white background", "a red circle and a blue square on a white background",
      ("", "and a blue square")),
+    # commas separate phrases and are not part of the words compared
+    ("a red circle, a blue square on a white background", "a red circle, a green square on a white background",
+     ("blue square", "green square")),
 ])
 def test_difference_prompts_name_the_changed_words_with_their_noun(caption, prompt, expected):
     assert iedit.difference_prompts(caption, prompt) == expected

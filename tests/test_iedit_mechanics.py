@@ -265,3 +265,15 @@ def test_the_training_task_takes_a_table2_row_as_an_option():
 
     with pytest.raises(ValueError, match="unknown Table 2 row"):  # checked before the set-up's minutes
         IEditTask("cpu", SimpleNamespace(batch_size=1), 0, pairs=1, pool=1, use="L_global + L_LDM")
+
+
+def test_caption_roles_mark_modifiers_head_nouns_and_nothing_for_stop_words():
+    """Sec. 3.4's noun phrases, by hand: a content word followed by another is a modifier ("a"), the
+    last one of a phrase its head ("n"); stop words and punctuation-only tokens get None; trailing
+    punctuation does not stop a word from counting, and a comma ends a phrase."""
+    from editnb.methods.iedit.masks import caption_roles, is_content
+
+    assert caption_roles("a red circle on a white background".split()) == [None, "a", "n", None, None, "a", "n"]
+    assert caption_roles("a red circle.".split()) == [None, "a", "n"]
+    assert caption_roles("a small, blue circle".split()) == [None, "n", "a", "n"]
+    assert is_content("circle!") and not is_content("the") and not is_content("3") and not is_content("on,")

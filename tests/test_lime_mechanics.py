@@ -74,6 +74,42 @@ def test_related_token_rewarding_makes_attention_uniform_over_them(random_ip2p):
     assert torch.allclose(out[0, 0, [3, 4]], torch.tensor([0.5, 0.5]))
 
 
+def test_related_mode_rewrites_only_the_roi_rows_of_its_branch_at_its_levels_and_steps(random_ip2p):
+    """Eq. 4's limit, by hand: inside the RoI each query row becomes uniform over the related tokens
+    (1/n each, 0 elsewhere); rows outside the RoI, rows of another branch, and sites outside the
+    regulariser's levels or steps are returned bit-identical."""
+    from editnb.attention.store import Site
+    from editnb.layout import BatchLayout
+
+    tok = random_ip2p.tokenizer
+    keys = tok.model_max_length
+    roi = np.zeros((16, 16), bool)
+    roi[2:9, 5:14] = True
+    inside = torch.from_numpy(roi).flatten()
+    heads = 2
+    probs = torch.softmax(torch.randn(3 * heads, 256, keys, generator=torch.Generator().manual_seed(0)), -1)
+    reg = lime.LimeRegularizer(roi, tok, "make the circle blue", mode="related", min_resolution=16, step_range=(1, 4))
+    related = reg.related
+    want = torch.zeros(keys)
+    want[related] = 1 / len(related)
+    out = reg.forward(probs, Site("x", "up", "cross", 16, heads, 2))
+    assert torch.equal(out[:, inside], want.expand_as(out[:, inside]))
+    assert torch.equal(out[:, ~inside], probs[:, ~inside])
+    for site in (Site("x", "up", "cross", 8, heads, 2), Site("x", "up", "cross", 16, heads, 0),
+                 Site("x", "up", "cross", 16, heads, 4), Site("x", "up", "self", 16, heads, 2)):
+        assert torch.equal(reg.forward(probs, site), probs), site  # below min_resolution, outside [1, 4), self-attention
+
+    # in a dual-branch loop, the target rows only (both guidance branches), never the source's
+    layout = BatchLayout(("uncond", "cond"), ("source", "target"))
+    probs4 = torch.softmax(torch.randn(4 * heads, 256, keys, generator=torch.Generator().manual_seed(1)), -1)
+    target = lime.LimeRegularizer(roi, tok, "make the circle blue", mode="related", min_resolution=16, branch="target")
+    out = target.forward(probs4, Site("x", "up", "cross", 16, heads, 0, layout)).reshape(4, heads, 256, keys)
+    before = probs4.reshape(4, heads, 256, keys)
+    assert torch.equal(out[[0, 2]], before[[0, 2]])  # source rows, unconditional and conditional
+    assert torch.equal(out[[1, 3]][:, :, inside], want.expand_as(out[[1, 3]][:, :, inside]))
+    assert torch.equal(out[[1, 3]][:, :, ~inside], before[[1, 3]][:, :, ~inside])
+
+
 def test_localise_and_edit_run_and_validate_input(random_ip2p):
     e = world.edit_for("test", 0, "recolor")
     loc = lime.localise(random_ip2p, e.source_image(), e.instruction, n_clusters=4, steps=3,
@@ -108,6 +144,28 @@ def test_localisation_stops_after_its_feature_steps(random_ip2p):
     assert set(loc.segments_by_resolution) == {8, 16}  # clustered on demand from the kept features
     again = lime.recluster(loc, n_clusters=3)
     assert np.array_equal(again.segments, loc.segments)
+    assert np.array_equal(again.roi, loc.roi) and again.chosen == loc.chosen
+
+
+def test_recluster_is_the_clustering_of_the_kept_features_and_its_roi(random_ip2p):
+    """Re-clustering (Table 4's ablations) = clustering the kept features again, then the RoI is the
+    cluster of the highest-attention pixel (top_clusters of them); the defaults are localise's:
+    KMeans 8, one cluster, agglomerative threshold 0.5."""
+    e = world.edit_for("test", 1, "recolor")
+    loc = lime.localise(random_ip2p, e.source_image(), e.instruction, n_clusters=3, steps=3, feature_steps=2,
+                        generator=torch.Generator().manual_seed(0))
+    side = loc.segments.shape[0]
+    five = lime.recluster(loc, n_clusters=5, seed=1)
+    assert np.array_equal(five.segments, lime.cluster(loc.features, 5, seed=1).reshape(side, side))
+    top = int(five.segments.ravel()[np.argmax(loc.attention.ravel())])
+    assert five.chosen == [top] and np.array_equal(five.roi, five.segments == top)
+    default = lime.recluster(loc)
+    assert len(np.unique(default.segments)) == 8 and len(default.chosen) == 1
+    two = lime.recluster(loc, n_clusters=5, seed=1, top_clusters=2)
+    assert len(two.chosen) == 2 and np.array_equal(two.roi, np.isin(five.segments, two.chosen))
+    agglomerative = lime.recluster(loc, clustering="agglomerative")
+    assert np.array_equal(agglomerative.segments, lime.cluster(loc.features, method="agglomerative",
+                                                               distance_threshold=0.5).reshape(side, side))
 
 
 def _unet_of(sample_size, levels):

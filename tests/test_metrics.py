@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from editnb import metrics as M
 
@@ -331,3 +332,110 @@ def test_lpips_reads_the_hub_cache_and_fails_clearly_offline(monkeypatch, tmp_pa
     assert far > 0 and standard > 0 and far != pytest.approx(standard)
     with pytest.raises(ValueError, match="inputs is"):
         M.lpips(a, b, inputs="[0, 255]")
+
+
+# ------------------------------------------------------------------ by hand, with embeddings of known geometry
+
+
+class _KnownClip:
+    """A CLIP stand-in: an image is a (1, 3) float array whose values are its embedding (not unit
+    length on purpose), a text is looked up in a table."""
+
+    def __init__(self, texts):
+        self.table = texts
+
+    def images(self, images):
+        return torch.tensor(np.concatenate([np.asarray(im, np.float32).reshape(1, -1) for im in images]))
+
+    def texts(self, texts):
+        return torch.tensor(np.stack([self.table[t] for t in texts]), dtype=torch.float32)
+
+
+def test_clip_direction_metrics_on_known_embeddings():
+    """EditCLIP supplement Eq. 2-4 by hand.  Eq. 2 cos(F(I_q) - F(I_o), G(T_q) - G(T_o)): the image
+    moving along the caption change scores 1, against it -1.  Eq. 3 (edit direction against the
+    instruction), Eq. 4 cos(F(I_q) - F(I_o), F(I_i) - F(I_e))."""
+    e0, e1, e2 = np.eye(3, dtype=np.float32)
+    feats = _KnownClip({"red": e0, "blue": e0 + 2 * e1, "make it blue": e1, "make it big": e2})
+    src, along, against, across = [e0], [e0 + 0.5 * e1], [e0 - 3 * e1], [e0 + e2]
+    eq2 = lambda out: float(M.clip_directional_similarity(feats, src, out, ["red"], ["blue"])[0])  # noqa: E731
+    assert eq2(along) == pytest.approx(1.0) and eq2(against) == pytest.approx(-1.0) and eq2(across) == pytest.approx(0.0)
+    eq3 = lambda out, ins: float(M.clip_instruction_similarity(feats, src, out, [ins])[0])  # noqa: E731
+    assert eq3(along, "make it blue") == pytest.approx(1.0) and eq3(against, "make it blue") == pytest.approx(-1.0)
+    assert eq3(along, "make it big") == pytest.approx(0.0)
+    s_vis = M.s_visual(feats, [e0, e0], [e0 + e1, e0 + e2], [e2, e2], [e2 + 4 * e1, e2 + 4 * e1])
+    assert s_vis.tolist() == pytest.approx([1.0, 0.0])  # the exemplar moved along e1: the first query did too
+
+
+def test_edit_encoder_metrics_normalise_each_embedding_not_the_batch():
+    """EC2T cos(E(I_q, I_o), G(T)) per item, whatever the embeddings' lengths; EC2EC likewise."""
+    enc = lambda a, b: torch.tensor(np.stack([np.asarray(y, np.float32) - np.asarray(x, np.float32)  # noqa: E731
+                                              for x, y in zip(a, b)]))
+    text = lambda ts: torch.tensor([[1.0, 0.0], [1.0, 5.0]])[[{"left": 0, "up": 1}[t] for t in ts]]  # noqa: E731
+    q, o = [np.zeros(2), np.zeros(2)], [np.array([10.0, 0.0]), np.array([3.0, 3.0])]
+    assert M.ec2t(enc, text, q, o, ["left", "up"]).tolist() == pytest.approx([1.0, 18 / np.sqrt(18 * 26)])
+    assert M.ec2ec(enc, q, o, [np.zeros(2)] * 2, [np.array([0.0, 2.0])] * 2).tolist() == pytest.approx([0.0, np.sqrt(0.5)])
+
+
+PAIRED = {  # metric -> (call with per-item arguments of n items, the names of those arguments)
+    "clip_directional_similarity": (lambda f, n: M.clip_directional_similarity(f, *n), ("sources", "outputs", "source_captions", "target_captions")),
+    "clip_instruction_similarity": (lambda f, n: M.clip_instruction_similarity(f, *n), ("sources", "outputs", "instructions")),
+    "s_visual": (lambda f, n: M.s_visual(f, *n), ("queries", "outputs", "exemplar_inputs", "exemplar_edits")),
+    "ec2t": (lambda f, n: M.ec2t(f, f, *n), ("queries", "outputs", "instructions")),
+    "ec2ec": (lambda f, n: M.ec2ec(f, *n), ("queries", "outputs", "exemplar_inputs", "exemplar_edits")),
+    "dino_similarity": (lambda f, n: M.dino_similarity(f, *n), ("images_a", "images_b")),
+}
+
+
+@pytest.mark.parametrize("metric", sorted(PAIRED))
+def test_every_paired_argument_is_counted_before_any_model_runs(metric):
+    call, names = PAIRED[metric]
+    for short in range(len(names)):
+        args = [[f"item {k}" for k in range(1 if j == short else 2)] for j in range(len(names))]
+        with pytest.raises(ValueError, match=f"{names[short]}: 1"):
+            call(None, args)  # no model: the count is checked first
+
+
+def test_frechet_distance_refuses_what_has_no_covariance_and_takes_two_samples():
+    x = np.array([[0.0, 1.0], [2.0, 3.0]])
+    assert M.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)  # two samples are enough
+    assert M.frechet_distance(x, x + [3.0, 4.0]) == pytest.approx(25.0, abs=1e-6)
+    for a, b in ((np.zeros(4), np.zeros((4, 2))), (np.zeros((4, 2)), np.zeros(4)), (np.zeros((4, 2)), np.zeros((4, 3)))):
+        with pytest.raises(ValueError, match="must be \\(n, d\\) with the same d"):
+            M.frechet_distance(a, b)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        M.frechet_distance(x[:1], x)
+
+
+def test_elo_update_and_leaderboard_by_hand():
+    """K = 32: from 1500 each, B's win moves 16 points; a tie between unequal ratings moves the
+    weaker up; the board is sorted by rating (not by games) and refuses scores and winners that are
+    no outcome."""
+    assert M.elo_update(1500, 1500, 0) == (1484, 1516)
+    weak, strong = M.elo_update(1400, 1600, 0.5)
+    e = 1 / (1 + 10 ** (200 / 400))
+    assert weak == pytest.approx(1400 + 32 * (0.5 - e)) and strong == pytest.approx(1600 - 32 * (0.5 - e))
+    assert M.elo_update(1500, 1500, 1, k=10) == (1505, 1495)
+    for bad in (2, -1, 0.3):
+        with pytest.raises(ValueError, match="score must be 1 \\(A wins\\), 0 \\(B wins\\) or 0.5"):
+            M.elo_update(1500, 1500, bad)
+    with pytest.raises(ValueError, match="winner 'w' is neither 'x' nor 'y'"):
+        M.elo_leaderboard([("x", "y", "w")])
+    board = M.elo_leaderboard([("x", "y", "y"), ("y", "z", "y"), ("x", "z", "x"), ("z", "w", "z")], k=20)
+    assert [n for n, _, _ in board] == sorted((n for n, _, _ in board), key=lambda n: -dict((m, r) for m, r, _ in board)[n])
+    ratings = {n: r for n, r, _ in board}
+    assert ratings["y"] == pytest.approx(1500 + 10 + 20 * (1 - 1 / (1 + 10 ** ((1500 - 1510) / 400))))  # k reached the update
+    assert board[0][0] == "y" and board[-1][0] == "w" and dict((n, g) for n, _, g in board)["w"] == 1
+
+
+def test_ssim_masked_of_an_empty_or_full_mask():
+    """SSIM-M over no pixels is undefined (nan) and SSIM-M-bar is then the whole image's mean SSIM;
+    a full mask the other way round."""
+    gen = np.random.default_rng(0)
+    a = gen.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + gen.integers(-30, 30, a.shape), 0, 255).astype(np.uint8)
+    whole = float(M.ssim_map(*M._pair(a, b), border="reflect").mean())
+    inside, outside = M.ssim_masked(a, b, np.zeros((32, 32), bool))
+    assert np.isnan(inside) and outside == pytest.approx(whole)
+    inside, outside = M.ssim_masked(a, b, np.ones((32, 32), bool))
+    assert inside == pytest.approx(whole) and np.isnan(outside)
