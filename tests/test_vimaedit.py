@@ -456,3 +456,16 @@ def test_refine_defaults_to_the_papers_gamma_and_rounds_and_names_bad_shapes():
         refine(s0, Q[:, :3])
     with pytest.raises(ValueError, match=r"got Q \(4, 4\), s_0 \(3,\)"):
         refine(s0[:3], Q)
+
+
+def test_grounding_comparison_reads_the_mean_curves_by_hand():
+    """Figure 6a's summary: the last step's mean IoU, and the share of steps where a mode's mean
+    IoU (over edits) is strictly above the baseline's (a tie is not above)."""
+    from editnb.methods.vimaedit.edit import GroundingComparison
+
+    ious = {"cross-attention": np.array([[0.25, 0.5, 0.5, 0.75], [0.25, 0.5, 0.5, 0.25]]),   # mean .25 .5 .5 .5
+            "iterative": np.array([[0.5, 0.25, 0.75, 1.0], [0.25, 0.75, 0.25, 0.25]])}       # mean .375 .5 .5 .625
+    c = GroundingComparison(ious)
+    assert c.final("cross-attention") == 0.5 and c.final("iterative") == 0.625
+    assert c.steps_above("iterative") == pytest.approx(0.5)  # steps 1 and 4; steps 2 and 3 are ties
+    assert c.steps_above("cross-attention", baseline="iterative") == 0.0
