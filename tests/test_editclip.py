@@ -275,6 +275,9 @@ def test_perceptual_distance_is_lpips_recipe_without_the_class_token():
     half = b.clone()
     half[1, 2] = a[1, 2]  # one of the two patch tokens agrees again: mean over tokens halves
     assert perceptual_distance([a], [half])[1].item() == pytest.approx(2.0)
+    turned = a.clone()
+    turned[1, 1:, 0], turned[1, 1:, 1] = 0.0, 2.0  # orthogonal: |e0 - e1|^2 = 1 + 1
+    assert perceptual_distance([a], [turned])[1].item() == pytest.approx(2.0)
 
 
 def test_predict_x0_inverts_the_forward_noising_of_ddpm():

@@ -277,3 +277,20 @@ def test_caption_roles_mark_modifiers_head_nouns_and_nothing_for_stop_words():
     assert caption_roles("a red circle.".split()) == [None, "a", "n"]
     assert caption_roles("a small, blue circle".split()) == [None, "n", "a", "n"]
     assert is_content("circle!") and not is_content("the") and not is_content("3") and not is_content("on,")
+
+
+def test_timesteps_are_integers_in_the_training_range_and_ldm_loss_defaults_to_the_mean():
+    """t of Eq. 2 indexes the scheduler's training steps: 0 and T - 1 are valid, -1, T, floats and
+    booleans are not; L_LDM (Eq. 1) is the mean squared error unless asked per item."""
+    from editnb.methods.iedit.losses import _timesteps, loss_ldm
+
+    assert _timesteps(0, 2, 1000).tolist() == [0, 0] and _timesteps(torch.tensor([0, 999]), 2, 1000).tolist() == [0, 999]
+    for bad in (-1, 1000, torch.tensor([3, -2])):
+        with pytest.raises(ValueError, match=r"timesteps t are in \[0, 1000\)"):
+            _timesteps(bad, 2, 1000)
+    for bad in (0.5, torch.tensor([True, False])):
+        with pytest.raises(ValueError, match="integers"):
+            _timesteps(bad, 2, 1000)
+    a, b = torch.zeros(2, 1, 2, 2), torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
+    assert loss_ldm(a, b).item() == pytest.approx(5.0)  # (1 + 9) / 2
+    assert loss_ldm(a, b, reduction="none").tolist() == pytest.approx([1.0, 9.0])

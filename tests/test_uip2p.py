@@ -424,3 +424,13 @@ def test_shipped_toy_uip2p_reconstructs_the_input_better_than_its_untrained_star
     trained = forward_reverse(pipeline_from(toy_path("uip2p")), edits, steps=10)
     start = forward_reverse(initial_pipeline(), edits, steps=10)
     assert trained["recon_mae"] < start["recon_mae"] - RECON_MARGIN, (trained["recon_mae"], start["recon_mae"])
+
+
+def test_erc_refuses_a_text_to_image_unet_naming_the_channels_and_the_fix(random_pipe):
+    from editnb.methods.uip2p.erc import ERCModels
+
+    p = random_pipe
+    with pytest.raises(ValueError, match=r"ERC trains an InstructPix2Pix-style UNet with 8 input channels \(noisy latent "
+                                         r"\+ image latent\), this one has 4; widen a text-to-image UNet with "
+                                         r"editnb\.toy\.tasks\.ip2p_unet_from_sd"):
+        ERCModels(p.unet, p.vae, p.text_encoder, p.tokenizer, p.scheduler, features=None)
