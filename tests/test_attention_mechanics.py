@@ -1,4 +1,5 @@
 """Mechanics of the attention toolkit on a random-weight pipeline of the toy architecture."""
+import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -92,6 +93,27 @@ def test_p2p_mappers(random_pipe):
     assert index[5].item() == 4  # end token
 
 
+def test_refinement_mapper_by_hand(random_pipe):
+    """P2P's refine mode, token by token (one token per word here): the start token keeps itself;
+    a shared word takes its source position (alpha 1); a new word keeps its own map (alpha 0); the
+    end token and padding take the source's end token and padding, shifted by the length change,
+    never past the context."""
+    tok = random_pipe.tokenizer
+    L = tok.model_max_length
+    # source: <s> a red circle </s>;  target: <s> a big red circle on a square </s>
+    index, alpha = refinement_mapper(tok, "a red circle", "a big red circle on a square")
+    assert index[:9].tolist() == [0, 1, 2, 2, 3, 5, 6, 7, 4] and index[9].item() == 5  # new words keep their own index
+    assert alpha[:9].tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert alpha.max() == 1.0 and (alpha[8:] == 1.0).all()
+    assert index[-1].item() == L - 1 - 4 and index.max().item() <= L - 1
+    # a shorter target: its padding takes the source's later padding, capped at the last position
+    index, alpha = refinement_mapper(tok, "a big red circle on a square", "a circle")
+    assert index[:3].tolist() == [0, 1, 4] and alpha[:3].tolist() == [1.0, 1.0, 1.0]
+    assert index[3].item() == 8 and index[-1].item() == L - 1 and index[-6].item() == L - 1
+    index, alpha = refinement_mapper(tok, "red circle", "big red circle")  # a new first word
+    assert alpha[:5].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0] and index[:5].tolist() == [0, 1, 1, 2, 3]
+
+
 def test_p2p_replaces_only_the_target_branch(random_pipe):
     prompts = [PROMPT, "a blue circle on a white background"]
     ctrl = PromptToPrompt(random_pipe.tokenizer, prompts, steps=4, cross_replace=1.0, self_replace=1.0,
@@ -137,6 +159,26 @@ def test_ddim_inversion_round_trip_is_close(random_pipe):
     assert len(traj) == 11
     direct = diffusion.reconstruct(random_pipe, traj, PROMPT, direct=True)
     assert torch.allclose(direct.latents, traj[0])
+    assert np.asarray(direct.image).shape == (64, 64, 3)  # the decoded image comes with the latent
+
+
+def test_reconstruct_defaults_to_plain_ddim_with_the_empty_prompt_and_no_guidance(random_pipe):
+    """Without direct inversion, reconstruction is DDIM from z_T (not exact: random weights drift);
+    its defaults are the inversion's own (empty prompt, guidance 1, every step of the trajectory);
+    a trajectory of the wrong length is refused, naming both counts."""
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 64), (30, 200, 30))
+    traj = diffusion.ddim_invert(random_pipe, img, steps=4)
+    plain = diffusion.reconstruct(random_pipe, traj)
+    explicit = diffusion.reconstruct(random_pipe, traj, "", steps=4, guidance=1.0, direct=False)
+    assert torch.equal(plain.latents, explicit.latents)
+    assert not torch.allclose(plain.latents, traj[0], atol=1e-3)  # drift: the direct path is the exact one
+    c = diffusion._text_conditioning(random_pipe, "", 1, 1.0)
+    z, _ = diffusion.denoise(random_pipe, traj[-1], c, steps=4, scheduler="ddim")
+    assert torch.equal(plain.latents, z)  # DDIM from the trajectory's last latent z_T
+    with pytest.raises(ValueError, match="the trajectory has 4 steps, not 6"):
+        diffusion.reconstruct(random_pipe, traj, steps=6)
 
 
 def test_store_and_p2p_in_fp16(random_pipe):
