@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from editnb import metrics as M
+from editnb import diffusion, metrics as M
 from editnb.methods import iedit
 from editnb.toy import architectures as arch, world
 
@@ -154,6 +154,35 @@ def test_eq13_keeps_the_latent_outside_the_mask_equal_to_the_noised_source(rando
     assert (trace[0][2] == 0).any() and (trace[0][2] == 1).any()
     with pytest.raises(ValueError, match="the mask is 8x8 but the image is 64x64"):
         iedit.edit(random_pipe, e.source_image(), e.target_caption, mask=np.ones((8, 8)), steps=4)
+
+
+def test_eq13_blends_the_model_latent_inside_and_the_source_noised_to_the_next_step_outside(random_pipe):
+    """Eq. 13 recomputed: with z_1 the source latent and eps the one noise draw (the first of the
+    generator), the start is z_1 noised to the first edited step, and after step i the background is
+    z_1 noised to timestep t_(i+1) (the clean z_1 after the last step).  A full mask leaves every
+    step to the model (plain DDIM from the same start); an empty mask gives back z_1 exactly."""
+    e = world.edit_for("test", 2, "recolor")
+    image, prompt, steps, strength = e.source_image(), e.target_caption, 6, 0.5
+    run = lambda mask: iedit.edit(random_pipe, image, prompt, mask=mask, strength=strength, steps=steps,  # noqa: E731
+                                  guidance=7.5, generator=torch.Generator().manual_seed(0))
+    z1 = diffusion.encode_image(random_pipe, image)
+    eps = diffusion.initial_noise(random_pipe, 1, torch.Generator().manual_seed(0))
+    sched = diffusion.make_scheduler(random_pipe)
+    sched.set_timesteps(steps)
+    start = steps - round(strength * steps)
+
+    empty = run(np.zeros((64, 64), bool))
+    assert torch.equal(empty.latents, z1)
+    trace = empty.found["trace"]
+    for k, (out, z_src, m) in enumerate(trace[:-1]):
+        assert torch.allclose(z_src, sched.add_noise(z1, eps, sched.timesteps[start + k + 1].reshape(1)), atol=1e-6), k
+    assert torch.equal(trace[-1][1], z1)
+
+    full = run(np.ones((64, 64), bool))
+    zt = sched.add_noise(z1, eps, sched.timesteps[start].reshape(1))
+    cond, uncond = diffusion.encode_prompt(random_pipe, [prompt]), diffusion.encode_prompt(random_pipe, [""])
+    z, _ = diffusion.denoise(random_pipe, zt, cond, uncond, 7.5, steps, start=start)
+    assert torch.allclose(full.latents, z, atol=1e-5)
 
 
 def test_iedit_m_cuts_a_soft_mask_at_one_half(random_pipe):
