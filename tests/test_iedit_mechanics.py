@@ -323,3 +323,35 @@ def test_timesteps_are_integers_in_the_training_range_and_ldm_loss_defaults_to_t
     a, b = torch.zeros(2, 1, 2, 2), torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
     assert loss_ldm(a, b).item() == pytest.approx(5.0)  # (1 + 9) / 2
     assert loss_ldm(a, b, reduction="none").tolist() == pytest.approx([1.0, 9.0])
+
+
+def test_iedit_m_queries_clipseg_with_the_source_difference_words(monkeypatch):
+    """iEdit-M's inference mask (Sec. 3.4): CLIPSeg of the SOURCE image on y_1^diff; on y_2^diff
+    without its function words when the edit only adds words; no mask when nothing differs or
+    CLIPSeg finds nothing (the edit then runs unmasked)."""
+    from editnb.methods.iedit import masks
+
+    asked = []
+    found = np.zeros((4, 4), bool)
+    found[1:3, 1:3] = True
+
+    def clipseg_masks(clipseg, images, texts):
+        asked.append((images[0], texts[0]))
+        return np.stack([found if "circle" in texts[0] else np.zeros((4, 4), bool)])
+
+    monkeypatch.setattr(masks, "clipseg_masks", clipseg_masks)
+    src = np.zeros((4, 4, 3), np.uint8)
+    m = masks.mask_for_item("clipseg", src, "a red circle on a white background", "a blue circle on a white background")
+    assert np.array_equal(m, found) and asked[-1][0] is src and asked[-1][1] == "red circle"
+    m = masks.mask_for_item("clipseg", src, "a white background", "a white background and a blue circle")
+    assert asked[-1][1] == "blue circle" and np.array_equal(m, found)
+    assert masks.mask_for_item("clipseg", src, "a red square", "a blue square") is None  # CLIPSeg found nothing
+    n = len(asked)
+    assert masks.mask_for_item("clipseg", src, "a red circle", "a red circle") is None and len(asked) == n
+
+
+def test_reconstruction_psnr_by_hand():
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a + 10
+    assert diffusion.psnr(a, b) == pytest.approx(20 * np.log10(255 / 10))
+    assert diffusion.psnr(a, a) == float("inf")

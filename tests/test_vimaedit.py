@@ -469,3 +469,20 @@ def test_grounding_comparison_reads_the_mean_curves_by_hand():
     assert c.final("cross-attention") == 0.5 and c.final("iterative") == 0.625
     assert c.steps_above("iterative") == pytest.approx(0.5)  # steps 1 and 4; steps 2 and 3 are ties
     assert c.steps_above("cross-attention", baseline="iterative") == 0.0
+
+
+def test_compare_groundings_traces_every_mode_on_every_edit_with_its_own_seed(adapter):
+    """Figure 6a's data: for each grounding mode, edit k traced with seed generator_seed + k and its
+    blend words as present in the prompts; ``ious[mode]`` is (edits, grounded steps)."""
+    from editnb.methods.vimaedit.edit import compare_groundings, present_blend_words
+    from editnb.toy import world
+
+    edits = [world.edit_for("test", i, kind="recolor") for i in (3, 4)]
+    c = compare_groundings(adapter, edits, steps=3, modes=("cross-attention", "iterative"), generator_seed=5)
+    assert set(c.ious) == {"cross-attention", "iterative"} and c.ious["iterative"].shape == (2, 3 - int(0.2 * 3))
+    for mode in c.ious:
+        e = edits[1]
+        blend = present_blend_words(adapter.tokenizer, e.source_caption, e.target_caption, e.blend_words)
+        alone = trace_grounding(adapter, e.source_caption, e.target_caption, e.source_image(), blend, true_mask=e.mask(),
+                                grounding=mode, steps=3, generator=torch.Generator().manual_seed(6))
+        assert np.allclose(c.ious[mode][1], alone.ious)
