@@ -187,6 +187,22 @@ def test_trace_grounding_keeps_every_round_and_step(adapter, items):
     first = tr.steps[0]
     assert first.initial.shape == (2, 16, 16) and len(first.rounds) == 5 and first.mask.shape == (16, 16)
     assert all(0.0 <= v <= 1.0 for v in tr.ious)
+    # each step's IoU by hand: its 16x16 mask repeated to the image's 64x64 cells (nearest), against
+    # the true mask without the one-pixel frame PIE-Bench's decoder sets
+    true = np.array(item.mask, bool)
+    side = true.shape[0] // 16
+    frameless = true.copy()
+    frameless[0, :] = frameless[-1, :] = frameless[:, 0] = frameless[:, -1] = False
+    for k, step in enumerate(tr.steps):
+        m = np.kron(np.asarray(step.mask, bool), np.ones((side, side), bool))
+        iou = (m & frameless).sum() / max((m | frameless).sum(), 1)
+        assert tr.ious[k] == pytest.approx(iou), k
+    assert true[0].any() or true[:, 0].any() or true[-1].any() or true[:, -1].any()  # the frame is set: it counts
+    with_frame = trace_grounding(adapter, item.source_prompt, item.target_prompt, item.image, _words(adapter, item),
+                                 item.mask, steps=5, generator=torch.Generator().manual_seed(0), ignore_frame=False)
+    m = np.kron(np.asarray(with_frame.steps[-1].mask, bool), np.ones((side, side), bool))
+    assert with_frame.ious[-1] == pytest.approx((m & true).sum() / max((m | true).sum(), 1))
+    assert np.array_equal(with_frame.result.images[1], tr.result.images[1])  # the same edit, seeded alike
 
 
 # ------------------------------------------------------------------ the sd15 code path
