@@ -189,3 +189,39 @@ def test_local_blend_map_is_what_its_mask_thresholds(random_pipe):
     assert torch.equal((ctrl.last_map > ctrl.blend_threshold).to(ctrl.last_mask.dtype), ctrl.last_mask)
     ctrl.reset()
     assert ctrl.last_map is None and ctrl.last_mask is None
+
+
+def test_sdedit_is_ddim_from_the_image_noised_to_its_strength(random_pipe):
+    """SDEdit (Meng et al. 2022) recomputed: z_0 = E(image), one noise draw from the generator,
+    z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps at the first of the last strength x steps, then guided
+    DDIM with the prompt against the empty prompt from that step on."""
+    import numpy as np
+
+    image = np.full((64, 64, 3), 120, np.uint8)
+    image[20:40, 20:40] = (200, 30, 30)
+    steps, strength, guidance = 6, 0.5, 5.0
+    r = diffusion.sdedit(random_pipe, image, "a blue square", strength=strength, guidance=guidance, steps=steps,
+                         generator=torch.Generator().manual_seed(3))
+    z0 = diffusion.encode_image(random_pipe, image)
+    eps = diffusion.initial_noise(random_pipe, 1, torch.Generator().manual_seed(3))
+    sched = diffusion.make_scheduler(random_pipe, "ddim")
+    sched.set_timesteps(steps)
+    start = steps - diffusion.strength_steps(strength, steps)
+    a = sched.alphas_cumprod[sched.timesteps[start]]
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    z, _ = diffusion.denoise(random_pipe, zt, diffusion.encode_prompt(random_pipe, ["a blue square"]),
+                             diffusion.encode_prompt(random_pipe, [""]), guidance, steps, "ddim", start=start)
+    assert start == 3 and torch.allclose(r.latents, z, atol=1e-5)
+    assert np.asarray(r.image).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("strength, message", [(0.0, r"strength must be in \(0, 1\], got 0.0"),
+                                               (1.5, r"strength must be in \(0, 1\], got 1.5"),
+                                               ("strong", r"strength must be a number, e.g. strength=0.6")])
+def test_sdedit_strength_is_a_fraction_of_the_schedule(random_pipe, strength, message):
+    side = random_pipe.unet.config.sample_size
+    z0 = torch.zeros(1, 4, side, side)
+    with pytest.raises(ValueError, match=message):
+        diffusion.noise_to_strength(random_pipe, z0, strength, 10, None)
+    zt, start = diffusion.noise_to_strength(random_pipe, z0, 1.0, 10, torch.Generator().manual_seed(0))
+    assert start == 0  # strength 1: the whole schedule, from pure noise
