@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -439,3 +440,51 @@ def test_ssim_masked_of_an_empty_or_full_mask():
     assert np.isnan(inside) and outside == pytest.approx(whole)
     inside, outside = M.ssim_masked(a, b, np.ones((32, 32), bool))
     assert inside == pytest.approx(whole) and np.isnan(outside)
+
+
+def test_squeezenet11_features_are_torchvisions_layer_for_layer():
+    """SqueezeNet 1.1 (Iandola et al. 2016; torchvision's squeezenet1_1().features, whose ImageNet
+    checkpoint LPIPS loads): the checkpoint's parameter names and shapes, written out, and the
+    feature sizes of a 70x70 input by the conv/pool arithmetic (3x3 stride 2, then 3x3 stride 2
+    max-pools that round up)."""
+    net = M.squeezenet11_features()
+    fires = {3: (64, 16, 64), 4: (128, 16, 64), 6: (128, 32, 128), 7: (256, 32, 128), 9: (256, 48, 192),
+             10: (384, 48, 192), 11: (384, 64, 256), 12: (512, 64, 256)}
+    want = {"0.weight": (64, 3, 3, 3), "0.bias": (64,)}
+    for i, (inp, sq, ex) in fires.items():
+        want |= {f"{i}.squeeze.weight": (sq, inp, 1, 1), f"{i}.squeeze.bias": (sq,),
+                 f"{i}.expand1x1.weight": (ex, sq, 1, 1), f"{i}.expand1x1.bias": (ex,),
+                 f"{i}.expand3x3.weight": (ex, sq, 3, 3), f"{i}.expand3x3.bias": (ex,)}
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == want
+    sizes = []
+    x = torch.zeros(1, 3, 70, 70)
+    with torch.no_grad():
+        for layer in net:
+            x = layer(x)
+            sizes.append((x.shape[1], x.shape[2]))
+    # conv: (70 - 3) // 2 + 1 = 34; pools: ceil((34 - 3) / 2) + 1 = 17, ceil(14 / 2) + 1 = 8, ceil(5 / 2) + 1 = 4
+    assert sizes == [(64, 34), (64, 34), (64, 17), (128, 17), (128, 17), (128, 8), (256, 8), (256, 8), (256, 4),
+                     (384, 4), (384, 4), (512, 4), (512, 4)]
+
+
+def test_squeezenet_weights_are_fetched_once_into_the_hub_cache(monkeypatch, tmp_path):
+    """Online, the checkpoint is downloaded from torchvision's address into the torch hub cache
+    (quietly), and only its feature extractor's weights are kept, named as the Sequential's."""
+    net = M.squeezenet11_features()
+    calls = []
+
+    def download(url, dst, progress=True):
+        calls.append((url, dst, progress))
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**{f"features.{k}": v for k, v in net.state_dict().items()},
+                    "classifier.1.weight": torch.zeros(1000, 512, 1, 1)}, dst)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    state = M._squeezenet11_weights()
+    cached = tmp_path / "hub" / "checkpoints" / Path(M.SQUEEZENET_URL).name
+    assert calls == [(M.SQUEEZENET_URL, str(cached), False)]
+    assert M.SQUEEZENET_URL.startswith("https://download.pytorch.org/models/squeezenet1_1-")
+    assert set(state) == set(net.state_dict()) and torch.equal(state["0.weight"], net.state_dict()["0.weight"])
+    M._squeezenet11_weights()
+    assert len(calls) == 1  # read from the cache the second time
