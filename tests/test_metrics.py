@@ -488,3 +488,46 @@ def test_squeezenet_weights_are_fetched_once_into_the_hub_cache(monkeypatch, tmp
     assert set(state) == set(net.state_dict()) and torch.equal(state["0.weight"], net.state_dict()["0.weight"])
     M._squeezenet11_weights()
     assert len(calls) == 1  # read from the cache the second time
+
+
+def test_lpips_feeds_pie_benchs_unit_range_or_the_standard_range_and_toy_lpips_with_toy_features(monkeypatch, toy_features):
+    """PIE-Bench's convention feeds [0, 1] (no normalize=True); inputs="standard" feeds 2x - 1, as
+    LPIPS expects; with toy features the recipe is toy-LPIPS."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, y):
+            seen.append((x.clone(), y.clone()))
+            return torch.zeros(1)
+
+    monkeypatch.setattr(M, "_LPIPS_NET", [Spy()])
+    a, b = img(0), img(255)
+    M.lpips(a, b)
+    M.lpips(a, b, inputs="standard")
+    (x0, y0), (x1, y1) = seen
+    assert (x0 == 0).all() and (y0 == 1).all()      # [0, 1]
+    assert (x1 == -1).all() and (y1 == 1).all()     # [-1, 1]
+    c = img(90)
+    assert M.lpips(a, c, features=toy_features) == pytest.approx(M.toy_lpips(toy_features, a, c))
+    assert M.lpips(a, c, features=toy_features) > 0
+
+
+def test_magicbrush_dino_transform_by_hand():
+    """MagicBrush's DINO preprocessing: shorter side to 256 (bicubic, the longer side scaled alike and
+    truncated), centre crop 224 (offsets rounded), ImageNet mean and std: a grey image of value v
+    becomes (v / 255 - mean) / std in every pixel, and a landscape image is cropped around its centre."""
+    grey = np.full((100, 300, 3), 128, np.uint8)  # H 100, W 300: resized to 256 x 768
+    x = M._magicbrush_dino_pixels(grey)
+    assert x.shape == (3, 224, 224)
+    want = (128 / 255 - np.array(M.IMAGENET_MEAN)) / np.array(M.IMAGENET_STD)
+    assert np.allclose(x.mean((1, 2)).numpy(), want, atol=1e-5) and np.allclose(x.std((1, 2)).numpy(), 0, atol=1e-5)
+    marked = np.zeros((100, 300, 3), np.uint8)
+    marked[:, 150:] = 255  # the right half white: the crop [272, 496) of 768 columns straddles the middle at 384
+    row = M._magicbrush_dino_pixels(marked)[0, 112].numpy()
+    white = (1 - M.IMAGENET_MEAN[0]) / M.IMAGENET_STD[0]
+    assert np.allclose(row[:100], -M.IMAGENET_MEAN[0] / M.IMAGENET_STD[0], atol=0.05)  # left of 384 - 272 = 112
+    assert np.allclose(row[125:], white, atol=0.05)
+    tall = np.zeros((300, 100, 3), np.uint8)
+    tall[150:] = 255  # the lower half white, portrait: the rows are cropped around 384 as well
+    col = M._magicbrush_dino_pixels(tall)[0, :, 112].numpy()
+    assert np.allclose(col[:100], -M.IMAGENET_MEAN[0] / M.IMAGENET_STD[0], atol=0.05) and np.allclose(col[125:], white, atol=0.05)
