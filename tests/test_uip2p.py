@@ -434,3 +434,47 @@ def test_erc_refuses_a_text_to_image_unet_naming_the_channels_and_the_fix(random
                                          r"\+ image latent\), this one has 4; widen a text-to-image UNet with "
                                          r"editnb\.toy\.tasks\.ip2p_unet_from_sd"):
         ERCModels(p.unet, p.vae, p.text_encoder, p.tokenizer, p.scheduler, features=None)
+
+
+def test_x0_estimate_inverts_ddpm_noising():
+    """The one-step estimate of Algorithm 1 (I_e from the UNet's noise): (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)
+    returns the clean latent that add_noise noised, at every t."""
+    from diffusers import DDPMScheduler
+
+    from editnb.methods.uip2p.erc import x0_estimate
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    gen = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 400, 999])
+    assert torch.allclose(x0_estimate(sched, sched.add_noise(z0, eps, t), eps, t), z0, atol=1e-3)
+    a = sched.alphas_cumprod[400]
+    zt = sched.add_noise(z0[1:2], eps[1:2], t[1:2])
+    assert torch.allclose(x0_estimate(sched, zt, eps[1:2], t[1:2]), (zt - (1 - a).sqrt() * eps[1:2]) / a.sqrt())
+
+
+def test_instruction_map_sums_the_words_attention_and_averages_the_levels_at_the_finest():
+    """L_attn's map (Sec. 4.2) by hand: per cross-attention layer the attention of each query to the
+    instruction's word tokens, summed over them (calls of one layer averaged), each level upsampled
+    bilinearly to the finest level's size, then the mean over layers."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from editnb.attention.controller import Site
+    from editnb.methods.uip2p.erc import instruction_map
+
+    gen = torch.Generator().manual_seed(0)
+    fine = [torch.softmax(torch.randn(2, 16, 3, generator=gen), -1) for _ in range(2)]  # two calls, 4x4
+    coarse = [torch.softmax(torch.randn(2, 4, 3, generator=gen), -1)]                     # one call, 2x2
+    sites = {"a_fine": Site("a_fine", "up", "cross", 4, 1, 0), "b_coarse": Site("b_coarse", "mid", "cross", 2, 1, 0)}
+    store = SimpleNamespace(sites=sites, layers=lambda kind: list(sites) if kind == "cross" else [],
+                            maps={("a_fine", 0): fine[0], ("a_fine", 1): fine[1], ("b_coarse", 0): coarse[0]})
+    words = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # item 0: tokens 1 and 2; item 1: token 2
+    got = instruction_map(store, words)
+    f = ((fine[0] + fine[1]) / 2 * words[:, None]).sum(-1).reshape(2, 1, 4, 4)
+    c = (coarse[0] * words[:, None]).sum(-1).reshape(2, 1, 2, 2)
+    want = (f + F.interpolate(c, size=(4, 4), mode="bilinear", align_corners=False)) / 2
+    assert got.shape == (2, 4, 4) and torch.allclose(got, want[:, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="no cross-attention was recorded"):
+        instruction_map(SimpleNamespace(sites={}, layers=lambda kind: [], maps={}), words)
