@@ -227,3 +227,40 @@ def test_lime_in_p2p_regularises_the_target_branch_only(random_pipe):
     assert torch.equal(plain.latents[0], limed.latents[0])
     assert not torch.allclose(plain.latents[1], limed.latents[1], atol=1e-4)
     assert np.array_equal(limed.masks["roi"], roi)
+
+
+def test_regulariser_acts_at_and_above_its_resolution_in_its_step_window(random_ip2p):
+    """Sec. 4.2's schedule: cross-attention layers of resolution >= min_resolution, during steps
+    [start, end): the first step of the window counts, the end does not."""
+    from editnb.attention.store import Site
+
+    roi = np.ones((16, 16), bool)
+    reg = lime.LimeRegularizer(roi, random_ip2p.tokenizer, "make the circle blue", min_resolution=16, step_range=(2, 5))
+    at = lambda res, step, kind="cross": reg.active(Site("x", "up", kind, res, 2, step))  # noqa: E731
+    assert at(16, 2) and at(16, 4) and at(32, 3)
+    assert not at(16, 1) and not at(16, 5) and not at(8, 3) and not at(16, 3, "self")
+    every = lime.LimeRegularizer(roi, random_ip2p.tokenizer, "make the circle blue", min_resolution=16)
+    assert every.active(Site("x", "up", "cross", 16, 2, 0)) and every.active(Site("x", "up", "cross", 16, 2, 999))
+
+
+def test_roi_at_a_level_is_the_cells_it_covers_by_more_than_half_or_the_cells_a_thin_roi_touches(random_ip2p):
+    tok = random_ip2p.tokenizer
+    roi = np.zeros((16, 16), bool)
+    roi[0:6, 0:8] = True  # 8x8 cells of 2x2 pixels: rows 0-2 fully covered, none half
+    reg = lime.LimeRegularizer(roi, tok, "make the circle blue")
+    want = np.zeros((8, 8), bool)
+    want[0:3, 0:4] = True
+    assert np.array_equal(reg.roi_at(8).reshape(8, 8).numpy(), want)
+    assert np.array_equal(reg.roi_at(16).reshape(16, 16).numpy(), roi)  # its own size: itself
+    up = reg.roi_at(32).reshape(32, 32).numpy()
+    assert np.array_equal(up, np.kron(roi, np.ones((2, 2), bool)))  # a finer level: nearest, each pixel 2x2
+    third = np.zeros((16, 16), bool)
+    third[0:3, 0:3] = True  # 4x4 cells of 4x4 pixels: 9/16 of the first cell, the only one over half
+    assert lime.LimeRegularizer(third, tok, "make the circle blue").roi_at(4).reshape(4, 4).numpy().sum() == 1
+    line = np.zeros((16, 16), bool)
+    line[5, :] = True  # one pixel thick: no 8x8 cell covered by half; the cells it touches instead, with a warning
+    with pytest.warns(UserWarning, match="dilated to the 8 cell"):
+        cells = lime.LimeRegularizer(line, tok, "make the circle blue").roi_at(8).reshape(8, 8).numpy()
+    touched = np.zeros((8, 8), bool)
+    touched[2, :] = True
+    assert np.array_equal(cells, touched)
