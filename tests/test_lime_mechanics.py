@@ -264,3 +264,23 @@ def test_roi_at_a_level_is_the_cells_it_covers_by_more_than_half_or_the_cells_a_
     touched = np.zeros((8, 8), bool)
     touched[2, :] = True
     assert np.array_equal(cells, touched)
+
+
+def test_regulariser_defaults_and_refusals(random_ip2p):
+    """By default LIME regularises SD's 32x32 level and finer (the official code's resolutions above
+    16); Eq. 4 mode biases no logits (it edits probabilities); bad modes and RoIs are refused."""
+    from editnb.attention.store import Site
+
+    tok = random_ip2p.tokenizer
+    roi = np.ones((16, 16), bool)
+    reg = lime.LimeRegularizer(roi, tok, "make the circle blue")
+    assert reg.active(Site("x", "up", "cross", 32, 2, 0)) and not reg.active(Site("x", "up", "cross", 16, 2, 0))
+    related = lime.LimeRegularizer(roi, tok, "make the circle blue", mode="related", min_resolution=8)
+    assert related.logit_bias(Site("x", "up", "cross", 16, 2, 0), 2, 256, 77, torch.float32, "cpu") is None
+    with pytest.raises(ValueError, match="mode must be 'unrelated' \\(the paper's choice\\) or 'related' \\(Eq. 4\\)"):
+        lime.LimeRegularizer(roi, tok, "make the circle blue", mode="both")
+    for bad in (np.ones((16, 8), bool), np.ones((2, 16, 16), bool)):
+        with pytest.raises(ValueError, match="the RoI must be a square \\(H, W\\) mask"):
+            lime.LimeRegularizer(bad, tok, "make the circle blue")
+    with pytest.raises(ValueError, match="the RoI is empty: nothing would be edited"):
+        lime.LimeRegularizer(np.zeros((16, 16), bool), tok, "make the circle blue")
