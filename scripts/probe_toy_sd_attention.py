@@ -31,6 +31,10 @@ CANDIDATES = {
     "one head": {"options": {"heads": 1}},
     "two layers": {"options": {"layers": 2}},
     "longer schedule": {"init": "toy-sd", "lr": 2e-4},
+    # the shipped toy-sd's self-attention layers taught ToyWorld's objects (SDTask's object-attention objective)
+    "object attention": {"init": "toy-sd", "lr": 3e-4,
+                         "options": {"object_attention": 1.0, "attention_only": True}},
+    "object attention, whole UNet": {"init": "toy-sd", "lr": 2e-4, "options": {"object_attention": 1.0}},
 }
 
 
@@ -48,9 +52,26 @@ def probe(name: str, steps: int, batch_size: int, n: int) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(folder / "out", torch_dtype=torch.float32)
     stats = attention_stats(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, n=n)
     p1, p2 = grounding_resolutions(pipe.unet)
-    return {"steps": steps, "batch_size": batch_size, "seconds_per_step": summary["train_seconds"] / steps,
+    grounding = grounding_with(pipe.unet)
+    return {"grounding": grounding, "steps": steps, "batch_size": batch_size, "seconds_per_step": summary["train_seconds"] / steps,
             "final_loss": summary["final_loss"], "P1": p1, "P2": p2, "levels": {str(r): v for r, v in stats.items()},
             "wall_seconds": round(time.time() - t0)}
+
+
+def grounding_with(unet, n: int = 15) -> dict:
+    """`editnb toy eval --only grounding` (ViMAEdit's groundings on held-out object edits) with this
+    UNet in place of toy-sd's under the shipped IP-Adapter."""
+    from editnb.toy import evaluate
+
+    pipe = evaluate._load("ip-adapter")
+    missing, unexpected = pipe.unet.load_state_dict(unet.state_dict(), strict=False)
+    assert not unexpected and all("_ip" in k or "image_proj" in k for k in missing), (missing, unexpected)
+    load = evaluate._load
+    evaluate._load = lambda name: pipe if name == "ip-adapter" else load(name)
+    try:
+        return evaluate.vimaedit_grounding(n)
+    finally:
+        evaluate._load = load
 
 
 def main():
@@ -80,7 +101,9 @@ def main():
         r = results[key]
         cells = "  ".join(f"{side}x{side}: H {v['self_entropy']:.3f} own {v['self_own_object']:.2f} IoU {v['cross_iou']:.2f}"
                           for side, v in sorted(r["levels"].items(), key=lambda kv: -int(kv[0])))
-        print(f"{key:38s} {r['seconds_per_step']:.2f} s/step  P1={r['P1']} P2={r['P2']}  {cells}", flush=True)
+        g = r.get("grounding")
+        ground = f"  grounding CA {g['grounding_iou_ca']:.3f} it {g['grounding_iou_iterative']:.3f} above {g['grounding_steps_above']:.2f}" if g else ""
+        print(f"{key:38s} {r['seconds_per_step']:.2f} s/step  P1={r['P1']} P2={r['P2']}  {cells}{ground}", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,66 @@ def test_patch_masks_put_each_object_in_its_own_cells_at_the_attention_level():
             cx, cy = obj.center(res)  # (x, y): the object's centre at this level lies in its patches' box
             assert rows.min() - 1 <= cy <= rows.max() + 1 and cols.min() - 1 <= cx <= cols.max() + 1
         assert not np.any(sum(m.astype(int) for m in masks.values()) > 1)  # objects never share a patch
+
+
+def test_object_attention_target_spreads_a_row_over_its_own_segment_by_distance():
+    """Hand-worked: left half an object, right half background, a 2x2 level (cells of 32 px), sigma
+    32 px.  The top-left patch's row: itself 1, the patch below it (same object, one cell away)
+    exp(-1/2), the background patches 0; normalised."""
+    from editnb.toy.tasks import object_attention_target
+
+    seg = torch.zeros(1, 64, 64, dtype=torch.long)
+    seg[:, :, :32] = 1
+    target = object_attention_target(seg, 2, sigma=32.0)[0]
+    w = float(np.exp(-0.5))
+    assert torch.allclose(target[0], torch.tensor([1, 0, w, 0]) / (1 + w), atol=1e-6)
+    assert torch.allclose(target[1], torch.tensor([0, 1, 0, w]) / (1 + w), atol=1e-6)  # background likewise
+    assert torch.allclose(target.sum(-1), torch.ones(4))
+
+
+def test_object_attention_loss_is_kl_from_the_target_zero_at_it():
+    from editnb.toy.tasks import object_attention_loss, object_attention_target
+
+    seg = torch.zeros(2, 64, 64, dtype=torch.long)
+    seg[0, 8:40, 8:40] = 1
+    seg[1, 32:, :] = 2
+    target = object_attention_target(seg, 4, sigma=12.0)
+    assert object_attention_loss(target, seg, 12.0).abs() < 1e-6
+    uniform = torch.full_like(target, 1 / 16)
+    kl = (target * (target.clamp_min(1e-12).log() - float(np.log(1 / 16)))).sum(-1).mean()  # KL(target || uniform)
+    assert torch.allclose(object_attention_loss(uniform, seg, 12.0), kl)
+    assert object_attention_loss(uniform, seg, 12.0) > 0.5
+
+
+def test_sd_task_with_object_attention_trains_only_the_self_attention_layers():
+    """attention_only: every trained parameter sits in a self-attention layer (attn1) or is a text key
+    of cross-attention, so the models built on toy-sd's other weights stay valid; the objective is
+    refused when negative."""
+    from editnb.models import models_dir
+    from editnb.toy.train import TASKS, recipe_for
+
+    r = recipe_for("sd", steps=1, batch_size=2, init=str(models_dir() / "toy-sd"),
+                   options={"object_attention": 1.0, "attention_only": True})
+    task = TASKS["sd"]("cpu", r, 0, **r.options)
+    trained = [n for n, p in task.unet.named_parameters() if p.requires_grad]
+    assert trained and all(".attn1." in n or ".attn2.to_k." in n for n in trained)
+    assert any(".attn2.to_k." in n for n in trained) and not any("to_q" in n and "attn2" in n for n in trained)
+    images, captions, segments, words = task.data_fn(0, 2, 0)
+    assert segments.shape == (2, 64, 64) and [len(w) for w in words] == [int(s.max()) for s in segments]
+    with pytest.raises(ValueError, match="object_attention must be >= 0"):
+        TASKS["sd"]("cpu", r, 0, object_attention=-1.0)
+
+
+def test_word_attention_loss_is_kl_from_the_objects_mask_to_its_words_map():
+    """Hand-worked: a 2x2 level, object 1 the left column; its word attends to the patches with
+    weights (3, 1, 3, 1) -> the normalised column (3/8, 1/8, 3/8, 1/8); the mask's distribution
+    (1/2, 0, 1/2, 0); KL = log((1/2) / (3/8)) = log(4/3).  A dropped caption (None) adds nothing."""
+    from editnb.toy.tasks import word_attention_loss
+
+    seg = torch.zeros(2, 64, 64, dtype=torch.long)
+    seg[:, :, :32] = 1
+    probs = torch.full((2, 4, 5), 0.1)
+    probs[0, :, 2] = torch.tensor([0.3, 0.1, 0.3, 0.1])
+    loss = word_attention_loss(probs, seg, [[[2]], None])
+    assert torch.allclose(loss, torch.tensor(float(np.log(4 / 3))))
+    assert word_attention_loss(probs, seg, [None, None]) is None

@@ -80,6 +80,13 @@ def test_dpl_grounding_gives_each_cluster_its_mean_saliency():
     s0 = torch.tensor([[0.9, 0.6, 0.3, 0.1, 0.3]])
     out = cluster_saliency(s0, Q, clusters=2)
     torch.testing.assert_close(out, torch.tensor([[0.6, 0.6, 0.6, 0.2, 0.2]]))
+    # a cluster of one patch keeps that patch's own saliency (its mean over one)
+    Q = torch.block_diag(torch.full((3, 3), 1 / 3), torch.ones(1, 1))[None]
+    out = cluster_saliency(torch.tensor([[0.9, 0.6, 0.3, 0.4]]), Q, clusters=2)
+    torch.testing.assert_close(out, torch.tensor([[0.6, 0.6, 0.6, 0.4]]))
+    # in the saliency's own precision
+    out = cluster_saliency(torch.tensor([[0.9, 0.6, 0.3, 0.4]], dtype=torch.float64), Q.double(), clusters=2)
+    torch.testing.assert_close(out, torch.tensor([[0.6, 0.6, 0.6, 0.4]], dtype=torch.float64))
 
 
 def test_grounding_resolutions_come_from_the_model(adapter):
@@ -502,3 +509,54 @@ def test_compare_groundings_traces_every_mode_on_every_edit_with_its_own_seed(ad
         alone = trace_grounding(adapter, e.source_caption, e.target_caption, e.source_image(), blend, true_mask=e.mask(),
                                 grounding=mode, steps=3, generator=torch.Generator().manual_seed(6))
         assert np.allclose(c.ious[mode][1], alone.ious)
+
+
+def test_figure_5_samples_the_embedding_alone_with_an_empty_prompt_and_the_adapter_at_one(adapter, monkeypatch):
+    """Figure 5's protocol: n empty prompts, the embedding repeated once per sample as one image token
+    set (n, 1, dim), the adapter weight 1 while sampling (and restored after), the caller's guidance,
+    steps and generator; n < 1 refused with the reason."""
+    from editnb import diffusion
+    from editnb.methods.vimaedit.embeddings import sample_from_embedding
+
+    seen = {}
+
+    def fake_text_to_image(pipe, prompts, **kwargs):
+        scales = {p.scale if not isinstance(p.scale, list) else p.scale[0]
+                  for p in pipe.unet.attn_processors.values() if hasattr(p, "scale")}
+        seen.update(prompts=prompts, scales=scales, **kwargs)
+        return SimpleNamespace(images=["sample"] * len(prompts))
+
+    monkeypatch.setattr(diffusion, "text_to_image", fake_text_to_image)
+    e = torch.randn(1, adapter.image_encoder.config.projection_dim)
+    gen = torch.Generator()
+    before = [p.scale for p in adapter.unet.attn_processors.values() if hasattr(p, "scale")]
+    assert sample_from_embedding(adapter, e, 3, steps=7, guidance=4.0, generator=gen) == ["sample"] * 3
+    assert seen["prompts"] == ["", "", ""] and seen["guidance"] == 4.0 and seen["steps"] == 7
+    assert seen["generator"] is gen and seen["scales"] == {1.0}
+    (embeds,) = seen["image_embeds"]
+    assert embeds.shape == (3, 1, e.shape[1]) and torch.equal(embeds[2, 0], e[0])
+    assert [p.scale for p in adapter.unet.attn_processors.values() if hasattr(p, "scale")] == before
+    assert sample_from_embedding(adapter, e, 1, steps=7) == ["sample"]  # one sample is allowed
+    with pytest.raises(ValueError, match=r"n \(the number of samples\) is a positive integer, got 0"):
+        sample_from_embedding(adapter, e, 0)
+
+
+@pytest.mark.parametrize("blend, reweighted", [(("triangle", "circle"), {"circle": 2.0}), (None, None),
+                                               ((["triangle"], ["circle", "red"]), {"circle": 2.0})])
+def test_p2p_pie_is_prompt_to_prompt_with_pie_benchs_settings(adapter, monkeypatch, blend, reweighted):
+    """PIE-Bench's P2P (ViMAEdit's Table 1 baseline): word swap for prompts of as many words, cross
+    replace 0.4, self replace 0.6, the (first) target blend word reweighted x2, local blend on the blend
+    words, and the caller's image, guidance, steps and generator passed through."""
+    from editnb.methods import p2p
+    from editnb.methods.vimaedit.edit import p2p_pie
+
+    seen = {}
+    monkeypatch.setattr(p2p, "prompt_to_prompt", lambda pipe, src, tgt, **kw: seen.update(src=src, tgt=tgt, **kw) or "result")
+    image, gen = np.zeros((64, 64, 3), np.uint8), torch.Generator()
+    assert p2p_pie(adapter, "a red triangle", "a red circle", image, blend, guidance=6.0, steps=9, generator=gen) == "result"
+    assert (seen["src"], seen["tgt"], seen["mode"]) == ("a red triangle", "a red circle", "replace")
+    assert (seen["cross_replace"], seen["self_replace"], seen["equalizer"]) == (0.4, 0.6, reweighted)
+    assert seen["blend_words"] == blend
+    assert (seen["guidance"], seen["steps"], seen["generator"], seen["image"]) == (6.0, 9, gen, image)
+    p2p_pie(adapter, "a red triangle", "a big red circle", image, blend)
+    assert seen["mode"] == "refine" and seen["guidance"] == 7.5 and seen["steps"] == 50  # PIE-Bench's defaults

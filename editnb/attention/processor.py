@@ -110,11 +110,10 @@ class ObservedAttnProcessor(torch.nn.Module):
                 bias = _per_head(bias, batch, attn.heads)
                 attention_mask = bias if attention_mask is None else attention_mask + bias
         if PROBS in needs:
-            flat = lambda t: t.reshape(batch * attn.heads, *t.shape[2:])  # noqa: E731 (head_to_batch_dim)
-            mask = None if attention_mask is None else flat(attention_mask.expand(batch, attn.heads, n_q, n_k))
-            probs = attn.get_attention_scores(flat(query), flat(key), mask)
+            mask = None if attention_mask is None else _heads_to_batch(attention_mask.expand(batch, attn.heads, n_q, n_k))
+            probs = attn.get_attention_scores(_heads_to_batch(query), _heads_to_batch(key), mask)
             probs = self.controller.forward(probs, site)
-            out = torch.bmm(probs, flat(value)).view(batch, attn.heads, n_q, head_dim)
+            out = torch.bmm(probs, _heads_to_batch(value)).view(batch, attn.heads, n_q, head_dim)
         else:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
                                                  is_causal=False)
@@ -145,11 +144,16 @@ class ObservedAttnProcessor(torch.nn.Module):
                 img = F.scaled_dot_product_attention(query, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
             else:
                 attn, site = observe
-                flat = lambda t: t.reshape(batch * heads, *t.shape[2:])  # noqa: E731
-                probs = self.controller.image_forward(attn.get_attention_scores(flat(query), flat(k), None), site)
-                img = torch.bmm(probs, flat(v)).view(batch, heads, -1, head_dim)
+                probs = attn.get_attention_scores(_heads_to_batch(query), _heads_to_batch(k), None)
+                probs = self.controller.image_forward(probs, site)
+                img = torch.bmm(probs, _heads_to_batch(v)).view(batch, heads, -1, head_dim)
             out = out + scale * img.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
         return out
+
+
+def _heads_to_batch(t: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, ...) as (batch * heads, ...): diffusers' ``head_to_batch_dim`` layout."""
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
 def _per_head(bias: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
