@@ -2,6 +2,7 @@
 and behaviour of the shipped toy-editclip (retrieval) and toy-editclip-ip2p (exemplar transfer)."""
 import io
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -365,3 +366,56 @@ def test_exemplar_objective_compares_an_image_in_the_input_range(random_ip2p):
     assert torch.equal(image, x)  # the input itself, unchanged
     assert estimate.min() >= -1 and estimate.max() <= 1
     assert (estimate == 1).any() and (estimate == -1).any()  # the decoder ran out of range both ways, and was clipped
+
+
+def test_exemplar_edit_conditions_eq5_on_the_pairs_embedding_and_the_unscaled_image_latents(monkeypatch):
+    """The editing call (Eq. 5, supplement Sec. G.3): the condition is the pair's projected embedding,
+    the unconditional one its zeros, s_E = 7 and s_I = 1.5 by default, the image conditioning the
+    VAE latents WITHOUT the scaling factor (InstructPix2Pix's convention), 50 steps by default; one
+    pair serves every image, k pairs need k images, and a bad generator is refused first."""
+    from editnb.methods.editclip import inference
+
+    calls = {}
+    monkeypatch.setattr(diffusion, "encode_image", lambda pipe, images, scaled: calls.update(images=images, scaled=scaled) or "latents")
+    monkeypatch.setattr(diffusion, "starting_noise", lambda pipe, n, gen, steps, sched: calls.update(n=n, gen=gen) or "z_T")
+    monkeypatch.setattr(diffusion, "denoise", lambda pipe, z, c, steps, scheduler: calls.update(c=c, steps=steps, sched=scheduler) or ("z_0", None))
+    monkeypatch.setattr(diffusion, "decode", lambda pipe, z: ["decoded"])
+    pairs = []
+    one_pair = torch.arange(6.0).reshape(1, 2, 3)
+    editor = SimpleNamespace(pipe="pipe", condition=lambda ex_in, ex_ed: pairs.append((ex_in, ex_ed)) or one_pair)
+
+    a, b, x, y = (np.full((8, 8, 3), v, np.uint8) for v in range(4))
+    gen = torch.Generator()
+    r = inference.exemplar_edit(editor, a, x, y, generator=gen)
+    assert pairs == [([x], [y])] and calls["images"] == [a] and calls["scaled"] is False
+    c = calls["c"]
+    assert torch.equal(c.cond, one_pair) and torch.equal(c.uncond, torch.zeros_like(one_pair))
+    assert (c.guidance, c.image_guidance, c.image_latents) == (7.0, 1.5, "latents")
+    assert (calls["steps"], calls["sched"], calls["n"], calls["gen"]) == (50, "ddim", 1, gen)
+    assert torch.equal(r.found["condition"], one_pair)
+
+    inference.exemplar_edit(editor, [a, b], x, y, s_E=3.0, s_I=1.2, steps=9)  # one pair for two images
+    assert calls["images"] == [a, b] and calls["n"] == 2 and calls["steps"] == 9
+    assert torch.equal(calls["c"].cond, one_pair.expand(2, -1, -1)) and (calls["c"].guidance, calls["c"].image_guidance) == (3.0, 1.2)
+    inference.exemplar_edit(editor, (a, b), (x, x), (y, y))  # pairs given as a tuple are a list of pairs
+    assert pairs[-1] == ((x, x), (y, y))
+    two = torch.zeros(2, 2, 3)
+    with pytest.raises(ValueError, match=r"^2 exemplar pairs for 3 images; give one pair, or one per image$"):
+        inference.exemplar_edit(editor, [a, b, a], None, None, condition=two)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        inference.exemplar_edit(editor, a, x, y, generator=0)
+
+
+def test_the_edit_condition_is_the_projection_in_its_own_precision_handed_over_in_the_pipelines(monkeypatch):
+    """condition(): the pair encoder's hidden states (any precision) go through the projection in the
+    projection's dtype, and come out in the pipeline's (an fp16 UNet gets fp16 conditions)."""
+    from editnb.methods.editclip import inference
+
+    monkeypatch.setattr(diffusion, "execution_device", lambda pipe: torch.device("cpu"))
+    projection = torch.nn.Linear(3, 2)
+    h = torch.randn(1, 4, 3, dtype=torch.float64)
+    encoder = SimpleNamespace(hidden_states=lambda ins, eds: h)
+    editor = inference.ExemplarEditor(SimpleNamespace(unet=SimpleNamespace(dtype=torch.float16)), projection, encoder)
+    c = editor.condition(["in"], ["ed"])
+    assert c.dtype == torch.float16
+    torch.testing.assert_close(c, projection(h.float()).detach().half())
