@@ -31,10 +31,14 @@ CANDIDATES = {
     "one head": {"options": {"heads": 1}},
     "two layers": {"options": {"layers": 2}},
     "longer schedule": {"init": "toy-sd", "lr": 2e-4},
-    # the shipped toy-sd's self-attention layers taught ToyWorld's objects (SDTask's object-attention objective)
-    "object attention": {"init": "toy-sd", "lr": 3e-4,
-                         "options": {"object_attention": 1.0, "attention_only": True}},
-    "object attention, whole UNet": {"init": "toy-sd", "lr": 2e-4, "options": {"object_attention": 1.0}},
+    # the shipped toy-sd continued with SDTask's attention objectives, training only the named modules
+    "object attention, every self-attention": {
+        "init": "toy-sd", "lr": 3e-4, "options": {"object_attention": 1.0, "train_only": ["*.attn1"]}},
+    "object and word attention": {
+        "init": "toy-sd", "lr": 3e-4,
+        "options": {"object_attention": 1.0, "word_attention": 1.0, "train_only": ["*.attn1", "*.attn2.to_k"]}},
+    "object attention, decoder 16x16": {
+        "init": "toy-sd", "lr": 3e-4, "options": {"object_attention": 1.0, "train_only": ["up_blocks.1.*.attn1"]}},
 }
 
 

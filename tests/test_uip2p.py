@@ -478,3 +478,28 @@ def test_instruction_map_sums_the_words_attention_and_averages_the_levels_at_the
     assert got.shape == (2, 4, 4) and torch.allclose(got, want[:, 0], atol=1e-6)
     with pytest.raises(ValueError, match="no cross-attention was recorded"):
         instruction_map(SimpleNamespace(sites={}, layers=lambda kind: [], maps={}), words)
+
+
+def test_the_two_training_timesteps_are_uniform_draws_or_the_given_ones_checked():
+    """Algorithm 1 draws t and t-hat uniformly over the schedule [0, T) (or below max_timestep) with
+    the caller's generator; given ones (an int for all, or one per item) are long ints in [0, T-1],
+    and the draw still happens, so fixing t does not shift the noise that follows."""
+    from diffusers import DDPMScheduler
+
+    from editnb.methods.uip2p.erc import _timesteps
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    g = torch.Generator().manual_seed(3)
+    drawn = _timesteps(5, g, sched, None, "cpu")
+    assert torch.equal(drawn, torch.randint(0, 1000, (5,), generator=torch.Generator().manual_seed(3)))
+    below = _timesteps(64, torch.Generator().manual_seed(3), sched, 10, "cpu")
+    assert torch.equal(below, torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    given = _timesteps(3, g, sched, None, "cpu", given=7.0)
+    assert given.dtype == torch.long and given.tolist() == [7, 7, 7]
+    assert torch.equal(torch.randint(0, 1000, (1,), generator=g), torch.randint(0, 1000, (4,), generator=torch.Generator().manual_seed(3))[3:])
+    assert _timesteps(2, g, sched, None, "cpu", given=[0, 999]).tolist() == [0, 999]  # both ends of the schedule
+    assert _timesteps(2, g, sched, None, "cpu", given=[0.0, 5.0]).dtype == torch.long
+    for bad in (-1, 1000, [1, 2], [[1, 2, 3]]):
+        with pytest.raises(ValueError, match=r"timesteps must be one int or 3 ints in \[0, 999\]"):
+            _timesteps(3, g, sched, None, "cpu", given=bad)

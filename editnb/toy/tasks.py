@@ -193,30 +193,33 @@ def _training_record(folder: Path) -> dict | None:
 
 
 class SDTask(_Task):
-    """Text-to-image denoising (SD's objective, Min-SNR weighted), optionally with an object-attention
-    objective on the self-attention layers (``object_attention`` > 0, see :func:`object_attention_loss`).
+    """Text-to-image denoising (SD's objective, Min-SNR weighted), optionally with attention objectives
+    from ToyWorld's exact masks: ``object_attention`` weighs :func:`object_attention_loss` on the
+    self-attention layers that train, ``word_attention`` weighs :func:`word_attention_loss` on every
+    cross-attention layer; ``train_only`` (module-name patterns, e.g. ``["up_blocks.1.*.attn1"]``)
+    trains those modules and freezes the rest.
 
-    Why that objective: in a world of flat colours the best denoiser of a background patch averages the
-    whole background, so toy-sd trained on denoising alone attends almost uniformly at 16x16 (row
-    entropy 0.995 of uniform; the card's History), where SD 1.5, trained on textured photographs,
-    attends within objects and near the query.  The course reads that self-attention (ViMAEdit's Eq. 9,
-    P2P's self-attention injection), so toy-sd is taught it from ToyWorld's exact masks.
-    ``attention_only`` trains only the self-attention layers (``attn1``) and the text keys of the
-    cross-attention (``attn2.to_k``), so every model built on toy-sd's other weights (the IP-Adapter,
-    with its own image keys; UIP2P's time embedding; the shared links) stays valid."""
+    Why: in a world of flat colours the best denoiser of a background patch averages the whole
+    background, so toy-sd trained on denoising alone attends almost uniformly at 16x16 (row entropy
+    0.995 of uniform; the card's History), where SD 1.5, trained on textured photographs, attends
+    within objects and near the query.  The course reads that self-attention (ViMAEdit's Eq. 9, P2P's
+    self-attention injection), so toy-sd is taught it.  Training only the finer level's decoder
+    self-attention leaves every 8x8 map (the cross-attention that grounds P2P's local blend and
+    ViMAEdit's s_0) and every weight the other toy models build on exactly as they were."""
 
     name = "sd"
     caption_dropout = 0.1
 
-    def __init__(self, device, recipe, seed, object_attention: float = 0.0, attention_sigma: float = 6.0,
-                 attention_only: bool = False, **shape):
+    def __init__(self, device, recipe, seed, object_attention: float = 0.0, word_attention: float = 0.0,
+                 attention_sigma: float = 6.0, train_only=None, **shape):
         self.device, self.recipe, self.seed = device, recipe, seed
-        self.object_attention = check_number(object_attention, "object_attention", "0.5")
+        self.object_attention = check_number(object_attention, "object_attention", "1.0")
+        self.word_attention = check_number(word_attention, "word_attention", "1.0")
         self.attention_sigma = check_number(attention_sigma, "attention_sigma", "6.0")
-        if self.object_attention < 0 or self.attention_sigma <= 0:
-            raise ValueError(f"object_attention must be >= 0 and attention_sigma > 0, got {object_attention!r} "
-                             f"and {attention_sigma!r}")
-        if self.object_attention:
+        if min(self.object_attention, self.word_attention) < 0 or self.attention_sigma <= 0:
+            raise ValueError(f"object_attention and word_attention must be >= 0 and attention_sigma > 0, got "
+                             f"{object_attention!r}, {word_attention!r} and {attention_sigma!r}")
+        if self.object_attention or self.word_attention:
             self.data_fn = segmented_scene_batch
         shape = {k: v for k, v in shape.items() if v is not None}  # None: the shipped shape, or --init's
         self.shape = {**arch.UNET_SHAPE, **shape}  # the UNet's levels, heads, layers
@@ -238,11 +241,7 @@ class SDTask(_Task):
             self.previous = _training_record(Path(recipe.init))
         else:
             self.unet = self.new_unet().to(device)
-        if attention_only:  # and the text keys of cross-attention (the IP-Adapter has its own keys)
-            self.unet.requires_grad_(False)
-            for name, module in self.unet.named_modules():
-                if name.endswith(".attn1") or name.endswith(".attn2.to_k"):
-                    module.requires_grad_(True)
+        self.trained = train_only_modules(self.unet, train_only)
 
     def new_unet(self):
         return arch.new_unet(**self.shape)
@@ -255,29 +254,46 @@ class SDTask(_Task):
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         inp = noisy if extra is None else torch.cat([noisy, extra], 1)
-        if segments is None:
-            pred = self.unet(inp, t, cond, added_cond_kwargs=added_cond_kwargs).sample
-        else:
-            from ..attention import AttentionStore, attach
+        store = None
+        if segments is not None:
+            from ..attention import AttentionStore
 
+            # the trained self-attention layers' maps (and every cross-attention map for the word term)
             store = AttentionStore(kinds=("self", "cross"), cond_half=False, max_self_resolution=None, differentiable=True,
-                                   device=None)
-            with attach(self.unet, store):
-                pred = self.unet(inp, t, cond, added_cond_kwargs=added_cond_kwargs).sample
+                                   device=None, where=lambda site: site.kind == "cross" and self.word_attention > 0 or (
+                                       site.kind == "self" and self.object_attention > 0 and _trains(site.layer, self.trained)))
+        pred = self._predict(inp, t, cond, added_cond_kwargs, store)
         per_item = F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))
         loss = (per_item * _min_snr_weight(self.scheduler, t)).mean()
-        if segments is not None:
-            segments, words = segments
-            # the objects are visible in x_t only while the noise leaves them: t < 0.7 T
-            seen = (t < 0.7 * self.scheduler.config.num_train_timesteps).cpu()
-            if seen.any():
-                cross = [(p, store.sites[layer].kind) for (layer, _), p in store.maps.items()]
-                terms = [object_attention_loss(p[seen.to(p.device)], segments[seen].to(self.device), self.attention_sigma)
-                         for p, kind in cross if kind == "self"]
-                tokens = [words_tokens if keep else None for words_tokens, keep in zip(words, seen.tolist())]
-                terms += [word_attention_loss(p, segments.to(self.device), tokens) for p, kind in cross if kind == "cross"]
-                loss = loss + self.object_attention * torch.stack([x for x in terms if x is not None]).mean()
+        if store is not None:
+            loss = loss + self._attention_terms(store, t, *segments)
         return loss
+
+    def _predict(self, inp, t, cond, added_cond_kwargs, store):
+        if store is None:
+            return self.unet(inp, t, cond, added_cond_kwargs=added_cond_kwargs).sample
+        from ..attention import attach
+
+        with attach(self.unet, store):
+            return self.unet(inp, t, cond, added_cond_kwargs=added_cond_kwargs).sample
+
+    def _attention_terms(self, store, t, segments, tokens) -> torch.Tensor:
+        """The weighted attention objectives on the items whose objects x_t still shows (t < 0.7 T)."""
+        seen = (t < 0.7 * self.scheduler.config.num_train_timesteps).cpu()
+        total = torch.zeros((), device=self.device)
+        if not seen.any():
+            return total
+        maps = [(p, store.sites[layer].kind) for (layer, _), p in store.maps.items()]
+        own = [object_attention_loss(p[seen.to(p.device)], segments[seen].to(self.device), self.attention_sigma)
+               for p, kind in maps if kind == "self"]
+        kept = [item if keep else None for item, keep in zip(tokens, seen.tolist())]
+        words = [w for p, kind in maps if kind == "cross"
+                 for w in [word_attention_loss(p, segments.to(self.device), kept)] if w is not None]
+        if own:
+            total = total + self.object_attention * torch.stack(own).mean()
+        if words:
+            total = total + self.word_attention * torch.stack(words).mean()
+        return total
 
     @torch.no_grad()
     def latents(self, images):
@@ -309,6 +325,33 @@ class SDTask(_Task):
             unet=module.to(torch.float16), scheduler=self.scheduler, safety_checker=None,
             feature_extractor=None, requires_safety_checker=False)
         pipe.save_pretrained(str(out))
+
+
+def train_only_modules(unet, patterns) -> list[str] | None:
+    """Freeze every parameter of `unet` except those of the modules whose names match one of
+    `patterns` (fnmatch, e.g. ``"up_blocks.1.*.attn1"``); None trains everything.  Returns the
+    matched module names; a pattern that matches nothing is refused with the attention modules' names."""
+    if patterns is None:
+        return None
+    from fnmatch import fnmatchcase
+
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    names = [n for n, _ in unet.named_modules() if n]
+    matched = [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
+    missing = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
+    if missing:
+        attention = [n for n in names if n.endswith((".attn1", ".attn2"))]
+        raise ValueError(f"train_only: no module of the UNet matches {missing}; its attention modules are {attention}")
+    unet.requires_grad_(False)
+    for n, module in unet.named_modules():
+        if n in matched:
+            module.requires_grad_(True)
+    return matched
+
+
+def _trains(layer: str, trained: list[str] | None) -> bool:
+    """Whether the attention processor `layer` (``...attn1.processor``) sits in a trained module."""
+    return trained is None or any(layer == m or layer.startswith(m + ".") for m in trained)
 
 
 def object_attention_target(segments: torch.Tensor, side: int, sigma: float) -> torch.Tensor:
