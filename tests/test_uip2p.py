@@ -503,3 +503,49 @@ def test_the_two_training_timesteps_are_uniform_draws_or_the_given_ones_checked(
     for bad in (-1, 1000, [1, 2], [[1, 2, 3]]):
         with pytest.raises(ValueError, match=r"timesteps must be one int or 3 ints in \[0, 999\]"):
             _timesteps(3, g, sched, None, "cpu", given=bad)
+
+
+def test_erc_step_is_a_function_of_its_generator_and_draws_below_max_timestep(task):
+    """Algorithm 1's randomness (the dropout draw, t, the noise, t-hat, the second noise) comes from
+    the caller's generator alone: the same seed gives the same step, another seed another one."""
+    from editnb.methods.uip2p import erc_step
+
+    b = reversible_batch(0, 2)
+    args = (task.models, b.images, b.instructions, b.reverse_instructions, b.input_captions, b.edited_captions)
+    with torch.no_grad():
+        _, a = erc_step(*args, torch.Generator().manual_seed(4), dropout=0.0, max_timestep=6)
+        _, same = erc_step(*args, torch.Generator().manual_seed(4), dropout=0.0, max_timestep=6)
+        _, other = erc_step(*args, torch.Generator().manual_seed(5), dropout=0.0, t=a.t.tolist(), t_hat=a.t_hat.tolist())
+    assert (a.t < 6).all() and (a.t_hat < 6).all()
+    assert torch.equal(a.edited, same.edited) and torch.equal(a.reconstructed, same.reconstructed)
+    assert not torch.equal(a.edited, other.edited)  # same noise levels, other noise
+
+
+def test_erc_step_at_t_zero_edits_nothing_the_input_latent_is_scaled_once(task):
+    """At t = t-hat = 0 the x_0 estimate is the noised latent itself (alpha-bar_0 ~ 1): the 'edited'
+    and 'reconstructed' images are the VAE's reconstruction of the input, so the input latent must
+    be the scaled VAE mode (SD's latent space), the image condition the unscaled one."""
+    from editnb.methods.uip2p import erc_step
+
+    b = reversible_batch(0, 2)
+    args = (task.models, b.images, b.instructions, b.reverse_instructions, b.input_captions, b.edited_captions)
+    with torch.no_grad():
+        _, out = erc_step(*args, torch.Generator().manual_seed(0), dropout=0.0, t=0, t_hat=0)
+        vae = task.models.vae
+        again = vae.decode(vae.encode(b.images).latent_dist.mode()).sample
+    assert (out.edited - again).abs().mean() < 0.05 and (out.reconstructed - again).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("field, where", [(2, "instructions"), (3, "reverse_instructions"), (4, "input_captions"),
+                                          (5, "edited_captions")])
+def test_erc_step_names_the_list_that_is_short_and_refuses_a_dropout_of_a_third(task, field, where):
+    from editnb.methods.uip2p import erc_step
+
+    b = reversible_batch(0, 2)
+    args = [task.models, b.images, b.instructions, b.reverse_instructions, b.input_captions, b.edited_captions]
+    args[field] = args[field][:1]
+    with pytest.raises(ValueError, match=rf"^1 {where} for 2 images: give one per image$"):
+        erc_step(*args, torch.Generator())
+    args[field] = [b.instructions, b.reverse_instructions, b.input_captions, b.edited_captions][field - 2]
+    with pytest.raises(ValueError, match=r"^dropout must be in \[0, 1/3\) \(three disjoint 'dropout' bands\), got 0.3333"):
+        erc_step(*args, torch.Generator(), dropout=1 / 3)
