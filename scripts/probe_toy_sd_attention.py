@@ -33,12 +33,17 @@ CANDIDATES = {
     "longer schedule": {"init": "toy-sd", "lr": 2e-4},
     # the shipped toy-sd continued with SDTask's attention objectives, training only the named modules
     "object attention, every self-attention": {
-        "init": "toy-sd", "lr": 3e-4, "options": {"object_attention": 1.0, "train_only": ["*.attn1"]}},
+        "init": "toy-sd", "lr": 3e-4, "options": {"object_attention": 1.0, "attention_sigma": 6.0, "train_only": ["*.attn1"]}},
     "object and word attention": {
         "init": "toy-sd", "lr": 3e-4,
-        "options": {"object_attention": 1.0, "word_attention": 1.0, "train_only": ["*.attn1", "*.attn2.to_k"]}},
+        "options": {"object_attention": 1.0, "word_attention": 1.0, "attention_sigma": 6.0,
+                    "train_only": ["*.attn1", "*.attn2.to_k"]}},
     "object attention, decoder 16x16": {
-        "init": "toy-sd", "lr": 3e-4, "options": {"object_attention": 1.0, "train_only": ["up_blocks.1.*.attn1"]}},
+        "init": "toy-sd", "lr": 3e-4,
+        "options": {"object_attention": 1.0, "attention_sigma": 6.0, "train_only": ["up_blocks.1.*.attn1"]}},
+    # (the three above averaged the objective over rows; from here on, by segment)
+    "own segment, decoder 16x16": {
+        "init": "toy-sd", "lr": 1e-3, "options": {"object_attention": 1.0, "train_only": ["up_blocks.1.*.attn1"]}},
 }
 
 

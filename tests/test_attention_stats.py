@@ -62,18 +62,28 @@ def test_object_attention_target_spreads_a_row_over_its_own_segment_by_distance(
     assert torch.allclose(target.sum(-1), torch.ones(4))
 
 
-def test_object_attention_loss_is_kl_from_the_target_zero_at_it():
+def test_object_attention_target_without_sigma_is_uniform_over_the_own_segment():
+    from editnb.toy.tasks import object_attention_target
+
+    seg = torch.zeros(1, 64, 64, dtype=torch.long)
+    seg[:, :, :32] = 1
+    target = object_attention_target(seg, 2)[0]
+    assert torch.equal(target, torch.tensor([[0.5, 0, 0.5, 0], [0, 0.5, 0, 0.5]] * 2)[[0, 1, 0, 1]])
+
+
+def test_object_attention_loss_averages_the_rows_kl_by_segment_then_by_image():
+    """Zero at the target; for uniform attention, by hand: image 0 has an object of 4 of 16 patches
+    (rows KL log(16/4)) and 12 background patches (log(16/12)): (log 4 + log 4/3) / 2, not the row
+    mean (4 log 4 + 12 log 4/3) / 16; image 1 is all background (log 1 = 0); the batch mean of both."""
     from editnb.toy.tasks import object_attention_loss, object_attention_target
 
     seg = torch.zeros(2, 64, 64, dtype=torch.long)
-    seg[0, 8:40, 8:40] = 1
-    seg[1, 32:, :] = 2
-    target = object_attention_target(seg, 4, sigma=12.0)
-    assert object_attention_loss(target, seg, 12.0).abs() < 1e-6
+    seg[0, 16:48, 16:48] = 1  # the 2x2 centre patches of a 4x4 level
+    target = object_attention_target(seg, 4)
+    assert object_attention_loss(target, seg).abs() < 1e-6
     uniform = torch.full_like(target, 1 / 16)
-    kl = (target * (target.clamp_min(1e-12).log() - float(np.log(1 / 16)))).sum(-1).mean()  # KL(target || uniform)
-    assert torch.allclose(object_attention_loss(uniform, seg, 12.0), kl)
-    assert object_attention_loss(uniform, seg, 12.0) > 0.5
+    expected = (float(np.log(4)) + float(np.log(4 / 3))) / 2 / 2
+    assert torch.allclose(object_attention_loss(uniform, seg), torch.tensor(expected), atol=1e-6)
 
 
 def test_sd_task_trains_only_the_named_modules_and_the_objective_reads_only_those():
@@ -94,7 +104,7 @@ def test_sd_task_trains_only_the_named_modules_and_the_objective_reads_only_thos
     loss = task.loss((images, captions, segments, words), torch.Generator().manual_seed(0))
     loss.backward()
     assert all(p.grad is not None for p in task.unet.parameters() if p.requires_grad)
-    with pytest.raises(ValueError, match="object_attention and word_attention must be >= 0"):
+    with pytest.raises(ValueError, match=r"object_attention and word_attention must be >= 0 and attention_sigma > 0 \(or None\)"):
         TASKS["sd"]("cpu", r, 0, object_attention=-1.0)
     with pytest.raises(ValueError, match=r"no module of the UNet matches \['up_blocks.7.\*'\]; its attention modules are"):
         TASKS["sd"]("cpu", r, 0, train_only=["up_blocks.7.*"])

@@ -211,13 +211,13 @@ class SDTask(_Task):
     caption_dropout = 0.1
 
     def __init__(self, device, recipe, seed, object_attention: float = 0.0, word_attention: float = 0.0,
-                 attention_sigma: float = 6.0, train_only=None, **shape):
+                 attention_sigma: float | None = None, train_only=None, **shape):
         self.device, self.recipe, self.seed = device, recipe, seed
         self.object_attention = check_number(object_attention, "object_attention", "1.0")
         self.word_attention = check_number(word_attention, "word_attention", "1.0")
-        self.attention_sigma = check_number(attention_sigma, "attention_sigma", "6.0")
-        if min(self.object_attention, self.word_attention) < 0 or self.attention_sigma <= 0:
-            raise ValueError(f"object_attention and word_attention must be >= 0 and attention_sigma > 0, got "
+        self.attention_sigma = None if attention_sigma is None else check_number(attention_sigma, "attention_sigma", "6.0")
+        if min(self.object_attention, self.word_attention) < 0 or (self.attention_sigma or 1) <= 0:
+            raise ValueError(f"object_attention and word_attention must be >= 0 and attention_sigma > 0 (or None), got "
                              f"{object_attention!r}, {word_attention!r} and {attention_sigma!r}")
         if self.object_attention or self.word_attention:
             self.data_fn = segmented_scene_batch
@@ -354,28 +354,41 @@ def _trains(layer: str, trained: list[str] | None) -> bool:
     return trained is None or any(layer == m or layer.startswith(m + ".") for m in trained)
 
 
-def object_attention_target(segments: torch.Tensor, side: int, sigma: float) -> torch.Tensor:
+def object_attention_target(segments: torch.Tensor, side: int, sigma: float | None = None) -> torch.Tensor:
     """The self-attention rows the object-attention objective asks for at a side x side level:
-    (B, side², side²), row i spread over the patches j of i's own segment (object or background) with
-    weight exp(-|x_i - x_j|² / 2σ²), σ in image pixels, normalised to sum to 1 (a patch is in the
-    segment that covers most of it).  Own segment: what SD's attention does at 16x16 and 32x32;
-    near the query: what it does in texture, which a flat-coloured world does not have."""
-    one_hot = F.one_hot(segments, int(segments.max()) + 1).permute(0, 3, 1, 2).float()
-    label = F.adaptive_avg_pool2d(one_hot, side).argmax(1).flatten(1)  # (B, side²)
-    same = (label[:, :, None] == label[:, None, :]).float()
-    cell = world.RESOLUTION / side
-    yx = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2).float()
-    near = torch.exp(-torch.cdist(yx, yx).square() * cell ** 2 / (2 * sigma ** 2)).to(segments.device)
-    target = same * near
+    (B, side², side²), row i spread over the patches j of i's own segment (object or background),
+    evenly (`sigma` None) or with weight exp(-|x_i - x_j|² / 2σ²), σ in image pixels; normalised
+    to sum to 1 (a patch is in the segment that covers most of it).  Own segment: what SD's
+    attention does at 16x16 and 32x32; near the query: what it also does in texture."""
+    label = _patch_labels(segments, side)
+    target = (label[:, :, None] == label[:, None, :]).float()
+    if sigma is not None:
+        cell = world.RESOLUTION / side
+        yx = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2).float()
+        target = target * torch.exp(-torch.cdist(yx, yx).square() * cell ** 2 / (2 * sigma ** 2)).to(segments.device)
     return target / target.sum(-1, keepdim=True)
 
 
-def object_attention_loss(probs: torch.Tensor, segments: torch.Tensor, sigma: float) -> torch.Tensor:
-    """KL(target || head-mean attention), averaged over rows: zero exactly when each row of the
-    attention `probs` (B, queries, keys), a square level, is :func:`object_attention_target`'s."""
+def _patch_labels(segments: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, side²) segment label of each patch of a side x side level: the segment covering most of it."""
+    one_hot = F.one_hot(segments, int(segments.max()) + 1).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(one_hot, side).argmax(1).flatten(1)
+
+
+def object_attention_loss(probs: torch.Tensor, segments: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+    """KL(target || head-mean attention) of each row, averaged within each segment, then over an
+    image's segments and over the images: zero exactly when each row of the attention `probs`
+    (B, queries, keys), a square level, is :func:`object_attention_target`'s.  Averaging by segment
+    gives a small object's rows the weight of the background's, which covers 90 % of a scene."""
     side = int(round(probs.shape[1] ** 0.5))
     target = object_attention_target(segments, side, sigma).to(probs.dtype)
-    return (target * (target.clamp_min(1e-12).log() - probs.clamp_min(1e-12).log())).sum(-1).mean()
+    kl = (target * (target.clamp_min(1e-12).log() - probs.clamp_min(1e-12).log())).sum(-1)  # (B, rows)
+    label = _patch_labels(segments, side)
+    one_hot = F.one_hot(label).to(kl.dtype)  # (B, rows, segments)
+    rows = one_hot.sum(1)  # rows per segment
+    per_segment = (kl[:, :, None] * one_hot).sum(1) / rows.clamp_min(1)
+    present = (rows > 0).to(kl.dtype)
+    return ((per_segment * present).sum(-1) / present.sum(-1)).mean()
 
 
 def word_attention_loss(probs: torch.Tensor, segments: torch.Tensor, tokens: list) -> torch.Tensor | None:
@@ -383,9 +396,7 @@ def word_attention_loss(probs: torch.Tensor, segments: torch.Tensor, tokens: lis
     (`probs` (B, queries, tokens), a square level; the word's column normalised over the patches)
     against the uniform distribution over the object's patches.  ``tokens[b]`` lists item b's
     objects' token indices in label order (None: skip the item).  None when nothing is left."""
-    side = int(round(probs.shape[1] ** 0.5))
-    one_hot = F.one_hot(segments, int(segments.max()) + 1).permute(0, 3, 1, 2).float()
-    label = F.adaptive_avg_pool2d(one_hot, side).argmax(1).flatten(1)  # (B, side²)
+    label = _patch_labels(segments, int(round(probs.shape[1] ** 0.5)))
     terms = []
     for b, objects in enumerate(tokens):
         for k, idx in enumerate(objects or (), 1):
