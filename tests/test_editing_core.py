@@ -225,3 +225,41 @@ def test_sdedit_strength_is_a_fraction_of_the_schedule(random_pipe, strength, me
         diffusion.noise_to_strength(random_pipe, z0, strength, 10, None)
     zt, start = diffusion.noise_to_strength(random_pipe, z0, 1.0, 10, torch.Generator().manual_seed(0))
     assert start == 0  # strength 1: the whole schedule, from pure noise
+
+
+def test_instruct_pix2pix_conditions_on_the_unscaled_image_latents_and_the_empty_instruction(random_ip2p, monkeypatch):
+    """Brooks et al. 2023, Eq. 3: the three predictions need the instruction's states, the empty
+    instruction's (c_T = empty) and the source latents as the image condition c_I, which InstructPix2Pix
+    concatenates UNSCALED (the VAE mode, no scaling factor); s_T = 7.5 and s_I = 1.5, 50 steps, DDIM
+    by default; the generator and scheduler reach the sampler; the final latent comes back."""
+    calls = {}
+    monkeypatch.setattr(diffusion, "encode_image", lambda pipe, image, scaled: calls.update(scaled=scaled) or torch.zeros(2, 4, 8, 8))
+    encoded = []  # the prompts of each encode_prompt call; states (n, 3, 2) holding the call's index
+    monkeypatch.setattr(diffusion, "encode_prompt", lambda pipe, prompts: encoded.append(list(prompts)) or
+                        torch.full((len(prompts), 3, 2), float(len(encoded) - 1)))
+    monkeypatch.setattr(diffusion, "starting_noise", lambda pipe, n, gen, steps, sched: calls.update(n=n, gen=gen, sched0=sched) or "z_T")
+    monkeypatch.setattr(diffusion, "denoise", lambda pipe, z, c, steps, scheduler, on_step: calls.update(
+        z=z, c=c, steps=steps, sched=scheduler, on_step=on_step) or ("z_0", None))
+    monkeypatch.setattr(diffusion, "decode", lambda pipe, z: ["image"])
+    gen, hook = torch.Generator(), lambda *a: None
+    r = diffusion.instruct_pix2pix(random_ip2p, "two images", ["make it red", "make it blue"], generator=gen, on_step=hook)
+    c = calls["c"]
+    assert calls["scaled"] is False and encoded == [["make it red", "make it blue"], ["", ""]]
+    assert (c.cond == 0).all() and (c.uncond == 1).all()  # the instructions' states, then the empty ones
+    assert (c.guidance, c.image_guidance) == (7.5, 1.5) and c.image_latents.shape == (2, 4, 8, 8)
+    assert (calls["n"], calls["gen"], calls["sched0"], calls["z"]) == (2, gen, "ddim", "z_T")
+    assert (calls["steps"], calls["sched"], calls["on_step"]) == (50, "ddim", hook)
+    assert r.latents == "z_0" and r.images == ["image"]
+    diffusion.instruct_pix2pix(random_ip2p, "two images", ["a", "b"], text_guidance=5.0, image_guidance=1.2, steps=9,
+                               scheduler="dpm")
+    assert (calls["c"].guidance, calls["c"].image_guidance, calls["steps"], calls["sched"], calls["sched0"]) == (5.0, 1.2, 9, "dpm", "dpm")
+    with pytest.raises(ValueError, match=r"^3 instructions for 2 images; pass one instruction per image"):
+        diffusion.instruct_pix2pix(random_ip2p, "two images", ["a", "b", "c"])
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        diffusion.instruct_pix2pix(random_ip2p, "two images", ["a", "b"], generator=1)
+
+
+def test_instruct_pix2pix_refuses_a_unet_without_image_channels_naming_both_counts(random_pipe):
+    with pytest.raises(ValueError, match=r"^this pipeline's UNet does not take an input image \(InstructPix2Pix UNets "
+                                         r"have 8 input channels, this one 4\); load the 'ip2p' model$"):
+        diffusion.instruct_pix2pix(random_pipe, torch.zeros(1, 3, 64, 64), "make it red")
