@@ -263,3 +263,22 @@ def test_instruct_pix2pix_refuses_a_unet_without_image_channels_naming_both_coun
     with pytest.raises(ValueError, match=r"^this pipeline's UNet does not take an input image \(InstructPix2Pix UNets "
                                          r"have 8 input channels, this one 4\); load the 'ip2p' model$"):
         diffusion.instruct_pix2pix(random_pipe, torch.zeros(1, 3, 64, 64), "make it red")
+
+
+def test_sdedit_hands_its_scheduler_generator_and_hook_to_both_halves(random_pipe, monkeypatch):
+    """SDEdit = noise to the strength with the chosen sampler's schedule, then denoise from there with
+    the same sampler; the generator draws the noise, the hook sees every step; a bad generator is
+    refused first."""
+    calls = {}
+    monkeypatch.setattr(diffusion, "noise_to_strength", lambda pipe, z0, strength, steps, gen, sched: calls.update(
+        strength=strength, gen=gen, sched0=sched) or ("z_t", 3))
+    monkeypatch.setattr(diffusion, "denoise", lambda pipe, z, cond, uncond, guidance, steps, scheduler, start, on_step: calls.update(
+        z=z, sched=scheduler, start=start, on_step=on_step, guidance=guidance, steps=steps) or (torch.zeros(1, 4, 8, 8), None))
+    gen, hook = torch.Generator(), lambda *a: None
+    diffusion.sdedit(random_pipe, torch.zeros(1, 3, 64, 64), "a red circle", strength=0.4, steps=7, generator=gen,
+                     scheduler="dpm", on_step=hook)
+    assert (calls["strength"], calls["gen"], calls["sched0"]) == (0.4, gen, "dpm")
+    assert (calls["z"], calls["sched"], calls["start"], calls["on_step"], calls["steps"], calls["guidance"]) == (
+        "z_t", "dpm", 3, hook, 7, 7.5)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        diffusion.sdedit(random_pipe, torch.zeros(1, 3, 64, 64), "a red circle", generator="seed 0")
