@@ -531,3 +531,32 @@ def test_magicbrush_dino_transform_by_hand():
     tall[150:] = 255  # the lower half white, portrait: the rows are cropped around 384 as well
     col = M._magicbrush_dino_pixels(tall)[0, :, 112].numpy()
     assert np.allclose(col[:100], -M.IMAGENET_MEAN[0] / M.IMAGENET_STD[0], atol=0.05) and np.allclose(col[125:], white, atol=0.05)
+
+
+def test_ssim_map_window_and_border_limits_are_exact():
+    """The Gaussian window is any odd size >= 1 (1: SSIM from the pixel values themselves; 9 is allowed)
+    with sigma > 0 (below 1 too); 'valid' needs the window to fit (an 11x11 image gives one value),
+    'reflect' needs a side larger than the padding (6 pixels for window 11); refusals say why."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    one = M.ssim_map(a, b, window=1, sigma=0.5)
+    x, y = a / 255.0, b / 255.0
+    c1 = 0.01 ** 2  # window 1: mu is the pixel and the (co)variances vanish, so SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    np.testing.assert_allclose(one, (2 * x * y + c1) / (x ** 2 + y ** 2 + c1), rtol=1e-6, atol=1e-9)
+    assert M.ssim_map(a, b, window=9).shape == (8, 8, 3)
+    assert M.ssim_map(a[:11, :11], b[:11, :11]).shape == (1, 1, 3)
+    assert M.ssim_map(a[:6, :6], b[:6, :6], border="reflect").shape == (6, 6, 3)
+    for window, sigma in ((2, 1.5), (0, 1.5), (11, 0.0), (11, -1.0)):
+        with pytest.raises(ValueError, match=rf"^the window is an odd size >= 1 and sigma > 0; got window={window}, sigma={sigma}$"):
+            M.ssim_map(a, b, window=window, sigma=sigma)
+    with pytest.raises(ValueError, match=r"^images of size \(10, 10\) are smaller than the 11x11 SSIM window; use border='reflect' or larger images$"):
+        M.ssim_map(a[:10, :10], b[:10, :10])
+    with pytest.raises(ValueError, match=r"^images of size \(5, 5\) are too small to mirror-pad by 5$"):
+        M.ssim_map(a[:5, :5], b[:5, :5], border="reflect")
+
+
+@pytest.mark.parametrize("pred, true, iou", [([[1, 1], [0, 0]], [[1, 0], [0, 0]], 0.5), ([[0, 0], [0, 0]], [[0, 0], [0, 0]], 1.0)])
+def test_mask_iou_by_hand_and_two_empty_masks_agree_fully(pred, true, iou):
+    assert M.mask_iou(np.array(pred, bool), np.array(true, bool)) == iou
+    with pytest.raises(ValueError, match=r"^masks differ in shape: \(2, 2\) vs \(1, 2\)$"):
+        M.mask_iou(np.array(pred, bool), np.array(true, bool)[:1])
