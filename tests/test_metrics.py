@@ -560,3 +560,50 @@ def test_mask_iou_by_hand_and_two_empty_masks_agree_fully(pred, true, iou):
     assert M.mask_iou(np.array(pred, bool), np.array(true, bool)) == iou
     with pytest.raises(ValueError, match=r"^masks differ in shape: \(2, 2\) vs \(1, 2\)$"):
         M.mask_iou(np.array(pred, bool), np.array(true, bool)[:1])
+
+
+def test_magicbrush_background_psnr_is_the_psnr_outside_the_mask_capped_at_100(toy_features):
+    """MagicBrush's background preservation: with the source and the edit mask, PSNR (data range 1)
+    between source and output over the unmasked pixels, the masked ones set to 0 in both (PIE-Bench's
+    region convention), by hand; an untouched background gives inf, reported as 100 dB; without the
+    source or the mask there is no such figure."""
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    output = source.copy()
+    mask = np.zeros((8, 8), bool)
+    mask[:4] = True
+    output[mask] = 0  # the edit: only inside the mask
+    assert M.magicbrush_metrics(toy_features, output, source, "x", source=source, mask=mask)["BG PSNR"] == 100.0
+    output[7, 7] = (source[7, 7].astype(int) + 40) % 256  # one background pixel changed
+    keep = (~mask)[..., None]
+    mse = (((source * keep).astype(float) - (output * keep).astype(float)) / 255) ** 2
+    by_hand = 10 * np.log10(1 / mse.mean())
+    got = M.magicbrush_metrics(toy_features, output, source, "x", source=source, mask=mask)
+    assert got["BG PSNR"] == pytest.approx(by_hand, rel=1e-9)
+    assert "BG PSNR" not in M.magicbrush_metrics(toy_features, output, source, "x", source=source)
+    assert "BG PSNR" not in M.magicbrush_metrics(toy_features, output, source, "x", mask=mask)
+
+
+def test_frechet_distance_falls_back_to_covariances_offset_by_1e_6_when_the_root_is_not_finite(monkeypatch):
+    """The reference implementation's numerical safety: when sqrtm(S_a S_b) is not finite, the root is
+    taken of (S_a + 1e-6 I)(S_b + 1e-6 I) instead; the rest of the formula is unchanged."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 3)), rng.normal(1.0, 2.0, size=(30, 3))
+    real_sqrtm = linalg.sqrtm
+    calls = []
+
+    def first_call_fails(m, disp=True):
+        calls.append(m)
+        if len(calls) == 1:
+            return np.full_like(m, np.nan), 1.0
+        return real_sqrtm(m) if disp else real_sqrtm(m, disp=False)
+
+    monkeypatch.setattr(linalg, "sqrtm", first_call_fails)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eps = np.eye(3) * 1e-6
+    root = real_sqrtm((sa + eps) @ (sb + eps)).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(root)
+    assert M.frechet_distance(a, b) == pytest.approx(expected, rel=1e-12)
+    assert len(calls) == 2 and np.allclose(calls[1], (sa + eps) @ (sb + eps), rtol=0, atol=0)
