@@ -607,3 +607,32 @@ def test_frechet_distance_falls_back_to_covariances_offset_by_1e_6_when_the_root
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(root)
     assert M.frechet_distance(a, b) == pytest.approx(expected, rel=1e-12)
     assert len(calls) == 2 and np.allclose(calls[1], (sa + eps) @ (sb + eps), rtol=0, atol=0)
+
+
+def test_toy_lpips_by_hand_over_two_layers_of_tokens():
+    """toy-LPIPS: per layer, unit-normalise each token's channels, squared difference summed over the
+    channels, mean over the tokens; the layers' means summed."""
+    import torch
+
+    layers = {"a": [torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]]), torch.tensor([[[1.0, 1.0], [2.0, 0.0], [0.0, 1.0]]])],
+              "b": [torch.tensor([[[4.0, 3.0], [0.0, 1.0], [0.0, 5.0]]]), torch.tensor([[[1.0, -1.0], [2.0, 0.0], [1.0, 0.0]]])]}
+
+    class Features:
+        def hidden_states(self, images):
+            return layers[images[0]]
+
+    # layer 1: (0.6,0.8) vs (0.8,0.6): 0.08; (1,0) vs (0,1): 2; (0,1) vs (0,1): 0 -> mean 2.08 / 3
+    # layer 2: (1,1)/sqrt2 vs (1,-1)/sqrt2: 2; equal: 0; (0,1) vs (1,0): 2 -> mean 4 / 3
+    assert M.toy_lpips(Features(), "a", "b") == pytest.approx(2.08 / 3 + 4 / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("named, counts", [({"image": np.zeros((4, 4, 3)), "caption": "x"}, None),
+                                           ({"images": np.zeros((2, 4, 4, 3)), "captions": ["x", "y"]}, None),
+                                           ({"image": np.zeros((4, 4, 3)), "captions": ["x", "y"]}, "image: 1, captions: 2"),
+                                           ({"images": np.zeros((3, 4, 4, 3)), "captions": ("x",)}, "images: 3, captions: 1")])
+def test_paired_arguments_count_a_batch_by_its_first_dimension_and_one_image_as_one(named, counts):
+    if counts is None:
+        M._same_length(**named)
+    else:
+        with pytest.raises(ValueError, match=rf"^these arguments pair item by item, so they need as many items each; got {counts}$"):
+            M._same_length(**named)
