@@ -636,3 +636,8 @@ def test_paired_arguments_count_a_batch_by_its_first_dimension_and_one_image_as_
     else:
         with pytest.raises(ValueError, match=rf"^these arguments pair item by item, so they need as many items each; got {counts}$"):
             M._same_length(**named)
+
+
+def test_images_of_two_sizes_are_refused_naming_both_sizes():
+    with pytest.raises(ValueError, match=r"^images differ in size: \(4, 4\) vs \(5, 4\); resize one with editnb.images.fit$"):
+        M.l1(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))
