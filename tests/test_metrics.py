@@ -641,3 +641,19 @@ def test_paired_arguments_count_a_batch_by_its_first_dimension_and_one_image_as_
 def test_images_of_two_sizes_are_refused_naming_both_sizes():
     with pytest.raises(ValueError, match=r"^images differ in size: \(4, 4\) vs \(5, 4\); resize one with editnb.images.fit$"):
         M.l1(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))
+
+
+@pytest.mark.parametrize("region", ["background", "edit"])
+def test_l1_l2_and_ssim_read_only_their_region(region):
+    """PIE-Bench's region convention by hand: both images multiplied by (1 - mask) for "background",
+    by the mask for "edit", then the plain metric over the whole (partly zeroed) image."""
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    mask = np.zeros((16, 16), bool)
+    mask[:, :7] = True
+    keep = (~mask if region == "background" else mask)[..., None]
+    x, y = (a * keep) / 255.0, (b * keep) / 255.0
+    assert M.l1(a, b, mask, region) == pytest.approx(np.abs(x - y).mean(), rel=1e-9)
+    assert M.l2(a, b, mask, region) == pytest.approx(((x - y) ** 2).mean(), rel=1e-9)
+    assert M.ssim(a, b, mask, region) == pytest.approx(M.ssim(a * keep, b * keep), rel=1e-12)
+    assert M.l1(a, b, mask, region) != pytest.approx(M.l1(a, b))
