@@ -42,3 +42,32 @@ def test_lime_changes_less_outside_the_mask_than_ip2p_on_removal_edits():
         plain.append(oracle.change_outside(a, e))
         limed.append(oracle.change_outside(b, e))
     assert np.mean(limed) < 0.8 * np.mean(plain), f"outside the mask: LIME {np.mean(limed):.2f} vs IP2P {np.mean(plain):.2f}"
+
+
+def test_lime_clustering_is_kmeans_with_three_starts_or_average_linkage_on_cosine_distance():
+    """Sec. A.7.2's agglomerative clustering: average linkage on cosine distance, merging while the
+    distance stays under 1 - threshold: the same partition as scikit-learn's own cosine metric on the
+    raw (not normalised) features; KMeans: editnb's kmeans with 3 initialisations and the given seed."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    from editnb.clustering import kmeans
+    from editnb.methods.lime import cluster
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6))
+    x = np.concatenate([c + 0.3 * rng.normal(size=(10, 6)) for c in centres]) * rng.uniform(0.1, 3.0, size=(40, 1))
+    for threshold in (0.3, 0.7, 0.9):
+        ours = cluster(torch.tensor(x), method="agglomerative", distance_threshold=threshold)
+        ref = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
+                                      distance_threshold=1.0 - threshold).fit_predict(x)
+        same = (ours[:, None] == ours[None]) == (ref[:, None] == ref[None])
+        assert same.all(), threshold
+    for seed in (0, 1):
+        expected = kmeans(torch.tensor(x), 5, n_init=3, seed=seed).numpy()
+        assert np.array_equal(cluster(x, n_clusters=5, seed=seed), expected)
+    assert np.array_equal(cluster(x, n_clusters=5), kmeans(torch.tensor(x), 5, n_init=3, seed=0).numpy())  # seed 0 by default
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"^the threshold is in \(0, 1\), got {bad}$"):
+            cluster(x, method="agglomerative", distance_threshold=bad)
+    with pytest.raises(ValueError, match=r"^clustering method must be 'kmeans' or 'agglomerative', got 'dbscan'$"):
+        cluster(x, method="dbscan")
