@@ -185,13 +185,10 @@ def _toy_06(resolution):
                          change_where="outside the edit mask")
 
 
-EDITCLIP_NOTE = ("EditCLIP released its pair encoder (QWW/EditCLIP) but no exemplar editor, so on this profile "
-                 "sections 1-3 run the real pair encoder on ToyWorld pairs (CLIP's processor resizes them), and "
-                 "sections 4-7 run Eq. 5 with InstructPix2Pix and an untrained projection (load_editor warns): the "
-                 "code path, not edits. As in every chapter the oracle's numbers are the toy profile's; the "
-                 "re-initialised-projection control is absent (the editor is untrained already), changes are measured "
-                 "over the whole image, and the lambda_2 ablation shown is the toy editor's. Train your own editor "
-                 "with editnb.methods.editclip; the toy profile (EDITNB_PROFILE=toy) has a trained one.")
+EDITCLIP_NOTE = ("On this profile EditCLIP is the authors' release: the pair encoder QWW/EditCLIP, run on ToyWorld pairs "
+                 "(CLIP's processor resizes them), and the exemplar editor QWW/EditCLIP-IP2P on ToyWorld queries. As in "
+                 "every chapter the oracle's numbers are the toy profile's, changes are measured over the whole image, and "
+                 "the lambda_2 ablation shown is the toy editor's.")
 
 
 def _photo_06(resolution):
@@ -200,8 +197,8 @@ def _photo_06(resolution):
         source = np.asarray(fit(edit.source_image(), image.shape[0]), float)  # the query as the model saw it
         return float(np.abs(image - source).mean())
 
-    return ChapterInputs(note=EDITCLIP_NOTE, editor_name="EditCLIP (untrained projection: no public weights)",
-                         control=False, text_name="InstructPix2Pix, text (ip2p)", change=change,
+    return ChapterInputs(note=EDITCLIP_NOTE, editor_name="EditCLIP (QWW/EditCLIP-IP2P)",
+                         control=True, text_name="InstructPix2Pix, text (ip2p)", change=change,
                          change_where="over the whole image")
 
 

@@ -29,6 +29,9 @@ class ModelSpec:
     note: str = ""
 
 
+#: the projection file of EditCLIP's released exemplar editor (QWW/EditCLIP-IP2P, beside its unet/)
+EDITCLIP_PROJECTION = "image_proj_model.pt"
+
 REGISTRY: dict[str, ModelSpec] = {
     "sd": ModelSpec("sd-pipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5", "toy-sd",
                     note="text-to-image latent diffusion"),
@@ -53,9 +56,10 @@ REGISTRY: dict[str, ModelSpec] = {
                           note="MagicBrush DINO similarity; toy-clip features in the toy profile"),
     "editclip": ModelSpec("editclip", "QWW/EditCLIP", "toy-editclip",
                           note="EditCLIP pair encoder: CLIP whose vision tower takes 6 channels (input + edited image)"),
-    "editclip-ip2p": ModelSpec("ip2p-pipeline", "", "toy-editclip-ip2p",
-                               note="EditCLIP's exemplar-conditioned InstructPix2Pix UNet (+ projection.safetensors; "
-                               "the paper released no weights: train your own with editnb.methods.editclip)"),
+    "editclip-ip2p": ModelSpec("editclip-editor", "QWW/EditCLIP-IP2P", "toy-editclip-ip2p", sd15_file=EDITCLIP_PROJECTION,
+                               note="EditCLIP's exemplar editor: an InstructPix2Pix UNet conditioned on the pair "
+                               "encoder's projected hidden states (sd15: the authors' unet/ and image_proj_model.pt on "
+                               "timbrooks/instruct-pix2pix; toy: a whole pipeline + projection.safetensors)"),
     "uip2p": ModelSpec("ip2p-pipeline", "", "toy-uip2p",
                        note="UIP2P: an InstructPix2Pix UNet trained with the Edit Reversibility Constraint (the paper "
                        "released no weights: train your own with `editnb toy train uip2p`)"),
@@ -371,8 +375,30 @@ def _load_editclip(source, spec, device, dtype, local_only, profile):
     return model, CLIPProcessor.from_pretrained(processor_source, local_files_only=local_only)
 
 
+def _load_editclip_editor(source, spec, device, dtype, local_only, profile):
+    """EditCLIP's exemplar editor as its authors' evaluation loads it: the UNet of `source`'s ``unet/``
+    on the rest of the InstructPix2Pix pipeline ('ip2p': VAE, text parts, scheduler).  The toy
+    folder is a whole pipeline.  The projection beside the UNet is read by
+    :func:`editnb.methods.editclip.load_editor`."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+
+    if profile == "toy":
+        return _load_ip2p(source, spec, device, dtype, local_only, profile)
+    base, base_spec = source_of("ip2p", profile), _spec("ip2p")
+    if profile == "sd15" and local_only and not hub_file_cached(base, _probe_file(base_spec)):
+        raise _offline_error(base_spec, "ip2p")
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=dtype, local_files_only=local_only)
+    if unet.config.in_channels != 8:
+        raise RuntimeError(f"{source}/unet is not an InstructPix2Pix UNet: it reads {unet.config.in_channels} latent "
+                           "channels, not 8 (the noisy latent and the query's)")
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        base, unet=unet, dtype=dtype, local_files_only=local_only, safety_checker=None, requires_safety_checker=False)
+    return _place_pipeline(pipe, device, dtype)
+
+
 _LOADERS = {
     "editclip": _load_editclip,
+    "editclip-editor": _load_editclip_editor,
     "sd-pipeline": _load_sd,
     "ip2p-pipeline": _load_ip2p,
     "clip": _load_clip,

@@ -41,6 +41,7 @@ SD15_VAE_WIDTHS = (128, 256, 512, 512)
 SCALED_UNET_WIDTHS = (32, 64, 128, 128)
 SCALED_VAE_WIDTHS = (32, 64, 64, 64)
 IP_ADAPTER_FILE = "ip-adapter_sd15.bin"
+EDITCLIP_PROJECTION_FILE = "image_proj_model.pt"  # beside unet/ in QWW/EditCLIP-IP2P (models.EDITCLIP_PROJECTION)
 #: the folders store weights in fp16 (half the disk); the loaders cast them to the runtime's dtype
 HALF = torch.float16
 OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -51,7 +52,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 #: scaled width fell to a quarter of the real one)
 _BUILD_VERSIONS = {"sd": 2, "ip2p": 2, "clip": 2, "clip-b32": 2, "editclip": 2, "clipseg": 2, "dino": 2, "dino-s16": 2,
                    "ip-adapter": 2, "clip-h14": 2}
-NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "clipseg", "dino", "dino-s16", "ip-adapter", "clip-h14")
+NAMES = ("sd", "ip2p", "clip", "clip-b32", "editclip", "editclip-ip2p", "clipseg", "dino", "dino-s16", "ip-adapter",
+         "clip-h14")
 
 
 def cache_dir() -> Path:
@@ -248,6 +250,18 @@ def build_editclip(out, full_width=False, sample_size=SAMPLE_SIZE):
           processor=False)
 
 
+def build_editclip_ip2p(out, full_width=False, sample_size=SAMPLE_SIZE):
+    """QWW/EditCLIP-IP2P, the layout its authors' evaluation reads: ``unet/`` (an InstructPix2Pix UNet,
+    8 input channels, cross-attention 768) and ``image_proj_model.pt`` (their ImageProjModel with one
+    token per hidden state: ``proj`` Linear from EditCLIP's vision width to 768, ``norm`` LayerNorm(768),
+    as a torch.save'd state dict); the rest of the pipeline is InstructPix2Pix's."""
+    unet(8, full_width, sample_size).to(HALF).save_pretrained(str(out / "unet"))
+    vision, text_width = _image_width(1024, full_width), 768
+    state = {"proj.weight": torch.randn(text_width, vision) * 0.02, "proj.bias": torch.zeros(text_width),
+             "norm.weight": torch.ones(text_width), "norm.bias": torch.zeros(text_width)}
+    torch.save({k: v.to(HALF) for k, v in state.items()}, out / EDITCLIP_PROJECTION_FILE)
+
+
 def build_clipseg(out, full_width=False, sample_size=SAMPLE_SIZE):
     """CIDAS/clipseg-rd64-refined: CLIP B/16 (text 512, vision 768 at 224 with patch 16) read at
     352x352, activations of 3 vision layers reduced to 64 channels, the refined (complex) decoder."""
@@ -317,5 +331,5 @@ def build_ip_adapter(out, full_width=False, sample_size=SAMPLE_SIZE):
 
 
 _BUILDERS = {"sd": build_sd, "ip2p": build_ip2p, "clip": build_clip_l14, "clip-b32": build_clip_b32, "editclip": build_editclip,
-             "clipseg": build_clipseg, "dino": build_dino_b8, "dino-s16": build_dino_s16,
+             "editclip-ip2p": build_editclip_ip2p, "clipseg": build_clipseg, "dino": build_dino_b8, "dino-s16": build_dino_s16,
              "ip-adapter": build_ip_adapter, "clip-h14": build_clip_h14}

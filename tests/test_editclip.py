@@ -2,11 +2,13 @@
 and behaviour of the shipped toy-editclip (retrieval) and toy-editclip-ip2p (exemplar transfer)."""
 import io
 import time
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from editnb import diffusion, models
 from editnb.methods import editclip, get
@@ -119,7 +121,7 @@ def test_sd15_editclip_offline_fails_fast_naming_the_hub_model(monkeypatch, tmp_
     t = time.time()
     with pytest.raises(RuntimeError, match="QWW/EditCLIP"):
         models.load("editclip", profile="sd15", device="cpu")
-    with pytest.raises(RuntimeError, match="no public sd15 weights"):
+    with pytest.raises(RuntimeError, match="QWW/EditCLIP-IP2P"):
         models.load("editclip-ip2p", profile="sd15", device="cpu")
     assert time.time() - t < 5
 
@@ -156,17 +158,17 @@ def test_exemplar_editing_transfers_the_edit_kind_more_often_than_an_untrained_p
     assert trained >= control + 2 / 48, (trained, control)
 
 
-def test_toy_editor_is_the_shipped_one_and_untrained_ok_changes_nothing_there(editor):
-    """On toy, untrained_ok is ignored (the profile ships a trained editor): the same pipeline and
-    the shipped projection, no warning; the Table 1 control draws nn.Linear's default range from
-    its seed and leaves the editor's projection alone."""
+def test_toy_editor_is_the_shipped_one_and_the_control_is_nn_linears_default_draw(editor):
+    """On toy the editor is the shipped pipeline and projection, loaded without a warning; the
+    Table 1 control draws nn.Linear's default range from its seed and leaves the editor's
+    projection alone."""
     import warnings
 
     from editnb.methods.editclip.toy_eval import untrained
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails
-        again = editclip.load_editor("toy", device="cpu", dtype=torch.float32, untrained_ok=True)
+        again = editclip.load_editor("toy", device="cpu", dtype=torch.float32)
     shipped = editclip.load_projection(models.toy_path("editclip-ip2p"))
     assert again.pipe is editor.pipe
     assert all(torch.equal(a, b) for a, b in zip(again.projection.state_dict().values(), shipped.state_dict().values()))
@@ -195,31 +197,68 @@ def test_table_1_leaves_out_the_oracle_columns_when_asked(editor):
     assert all(bare[k] == pytest.approx(full[k]) for k in bare)
 
 
-def test_sd15_shaped_editor_refuses_without_untrained_ok_and_warns_with_it():
-    """EditCLIP released no exemplar editor: on the sd15 code path load_editor says so, and with
-    untrained_ok=True returns InstructPix2Pix with a seeded projection from the pair encoder's
-    hidden width to the UNet's cross-attention width, with a warning, and exemplar editing runs
-    at the model's resolution."""
+def test_sd15_shaped_editor_is_the_released_layout_unet_and_image_proj_model_on_instruct_pix2pix():
+    """On the sd15 code path the editor is QWW/EditCLIP-IP2P as the authors' evaluation loads it: the
+    UNet of its unet/ folder on InstructPix2Pix's other parts, and image_proj_model.pt's proj
+    (Linear) and norm (LayerNorm) applied to every last hidden state of the pair encoder.  Checked
+    against the folder's own tensors in plain torch, and exemplar editing runs at the model's
+    resolution."""
+    from diffusers import UNet2DConditionModel
+
+    from editnb import sd15_shaped
     from editnb.images import model_resolution
 
     kw = dict(profile="sd15-shaped", device="cpu", dtype=torch.float32)
-    with pytest.raises(RuntimeError, match="no public sd15 weights.*untrained_ok=True"):
-        editclip.load_editor(**kw)
-    with pytest.warns(UserWarning, match="UNTRAINED projection"):
-        ed = editclip.load_editor(**kw, untrained_ok=True)
-    with pytest.warns(UserWarning, match="UNTRAINED projection"):
-        again = editclip.load_editor(**kw, untrained_ok=True)
-    assert ed.pipe is models.load("ip2p", **kw)
-    linear = ed.projection[0]
-    assert linear.in_features == ed.encoder.model.config.vision_config.hidden_size  # ViT-L/14's 1024
-    assert linear.out_features == ed.pipe.unet.config.cross_attention_dim  # SD 1.5's 768
-    assert torch.equal(linear.weight, again.projection[0].weight)  # seeded: the same editor every time
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ed = editclip.load_editor(**kw)
+    assert not [w for w in caught if "editnb" in w.filename], [str(w.message) for w in caught]  # a released editor
+    folder = sd15_shaped.folder("editclip-ip2p")
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(ed.pipe.unet.state_dict().values(), unet.state_dict().values()))
+    base = models.load("ip2p", **kw)
+    assert ed.pipe.unet is not base.unet
+    assert all(torch.equal(a, b) for a, b in zip(ed.pipe.vae.state_dict().values(), base.vae.state_dict().values()))
+    assert ed.pipe.unet.config.in_channels == 8
+    official = {k: v.float() for k, v in torch.load(folder / "image_proj_model.pt", weights_only=True).items()}
     q = editclip.quartets(1)[0]
+    h = ed.encoder.hidden_states([q.exemplar.source_image()], [q.exemplar.edited_image()])
+    expect = F.layer_norm(h @ official["proj.weight"].T + official["proj.bias"], (official["norm.weight"].numel(),),
+                          official["norm.weight"], official["norm.bias"])
+    cond = ed.condition([q.exemplar.source_image()], [q.exemplar.edited_image()])
+    assert cond.shape == (1, h.shape[1], 768) and torch.allclose(cond, expect, atol=1e-5)
     res = editclip.exemplar_edit(ed, q.query.source_image(), q.exemplar.source_image(), q.exemplar.edited_image(),
                                  steps=2, generator=torch.Generator().manual_seed(0))
     size = model_resolution(ed.pipe)
     assert np.asarray(res.image).shape == (size, size, 3) and size != q.query.source_image().shape[0]
-    assert res.found["condition"].shape[-1] == linear.out_features
+    assert torch.equal(res.found["condition"], cond)
+
+
+def test_editor_projection_files_are_read_as_written_and_foreign_ones_refused(tmp_path):
+    """The official file maps proj -> the Linear and norm -> the LayerNorm (a swap would fail the
+    shapes or the values); a file with other keys, a folder without a projection, and a projection
+    whose widths do not join encoder and UNet are refused with what to do."""
+    state = {"proj.weight": torch.arange(6.).reshape(3, 2), "proj.bias": torch.tensor([1., 2., 3.]),
+             "norm.weight": torch.tensor([2., 2., 2.]), "norm.bias": torch.tensor([0., 1., 0.])}
+    torch.save(state, tmp_path / "image_proj_model.pt")
+    proj = editclip.load_projection(tmp_path)
+    assert torch.equal(proj[0].weight, state["proj.weight"]) and torch.equal(proj[0].bias, state["proj.bias"])
+    assert torch.equal(proj[1].weight, state["norm.weight"]) and torch.equal(proj[1].bias, state["norm.bias"])
+    torch.save({"image_proj.proj.weight": torch.zeros(3, 2)}, tmp_path / "image_proj_model.pt")
+    with pytest.raises(RuntimeError, match="not EditCLIP's projection"):
+        editclip.load_projection(tmp_path)
+    with pytest.raises(RuntimeError, match="no exemplar-editor projection"):
+        editclip.load_projection(tmp_path / "empty")
+
+
+def test_editor_refuses_a_projection_from_another_checkpoint(monkeypatch, tmp_path):
+    from editnb.methods.editclip import inference
+
+    torch.save({"proj.weight": torch.zeros(768, 5), "proj.bias": torch.zeros(768), "norm.weight": torch.ones(768),
+                "norm.bias": torch.zeros(768)}, tmp_path / "image_proj_model.pt")
+    monkeypatch.setattr(inference, "_editor_folder", lambda profile: tmp_path)
+    with pytest.raises(RuntimeError, match="maps 5 -> 768.*different checkpoints"):
+        editclip.load_editor(profile="sd15-shaped", device="cpu", dtype=torch.float32)
 
 
 # ------------------------------------------------------------------ the two objectives (supplement Sec. G.1)

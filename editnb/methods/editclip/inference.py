@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 
 from ... import diffusion
-from .model import EditEncoder, load_encoder, new_projection, reinitialise_projection
+from ...models import EDITCLIP_PROJECTION
+from .model import EditEncoder, load_encoder, new_projection
 
 S_E, S_I = 7.0, 1.5  # supplement Sec. G.3 (InstructPix2Pix's suggested practice)
-PROJECTION_FILE = "projection.safetensors"
+PROJECTION_FILE = "projection.safetensors"  # the toy editor's
+OFFICIAL_PROJECTION_FILE = EDITCLIP_PROJECTION  # the released editor's (QWW/EditCLIP-IP2P)
 
 
 @dataclass
@@ -43,52 +45,62 @@ class ExemplarEditor:
 
 
 def load_projection(folder, device=None, dtype=None) -> torch.nn.Sequential:
-    from safetensors.torch import load_file
+    """The projection of an exemplar editor's folder: the toy's ``projection.safetensors``, or the
+    authors' ``image_proj_model.pt`` (their ImageProjModel's state dict: ``proj`` Linear and ``norm``
+    LayerNorm, read without unpickling code)."""
+    folder = Path(folder)
+    if (folder / PROJECTION_FILE).exists():
+        from safetensors.torch import load_file
 
-    state = load_file(str(Path(folder) / PROJECTION_FILE))
+        state = load_file(str(folder / PROJECTION_FILE))
+    elif (folder / OFFICIAL_PROJECTION_FILE).exists():
+        official = torch.load(folder / OFFICIAL_PROJECTION_FILE, map_location="cpu", weights_only=True)
+        if sorted(official) != ["norm.bias", "norm.weight", "proj.bias", "proj.weight"]:
+            raise RuntimeError(f"{folder / OFFICIAL_PROJECTION_FILE} is not EditCLIP's projection (proj.weight, proj.bias, "
+                               f"norm.weight, norm.bias); it holds {sorted(official)[:6]}")
+        state = {f"{0 if k.startswith('proj') else 1}.{k.split('.')[1]}": v for k, v in official.items()}
+    else:
+        raise RuntimeError(f"{folder} holds no exemplar-editor projection ({PROJECTION_FILE} or "
+                           f"{OFFICIAL_PROJECTION_FILE}); train one with editnb.methods.editclip (the editclip-ip2p task)")
     cross, hidden = state["0.weight"].shape
     proj = new_projection(hidden, cross)
-    proj.load_state_dict(state)
+    proj.load_state_dict({k: v.float() for k, v in state.items()})
     return proj.to(device=device, dtype=dtype or torch.float32).eval()
 
 
-def load_editor(profile: str | None = None, device=None, dtype=None, untrained_ok: bool = False,
-                seed: int = 0) -> ExemplarEditor:
-    """The registry's exemplar editor ('editclip-ip2p' + its projection) and pair encoder.
+def _editor_folder(profile: str) -> Path:
+    """The folder that holds the editor's projection: the toy folder, the sd15-shaped stand-in, or the
+    Hub checkpoint's snapshot in the local cache (downloaded by :func:`editnb.models.load` before)."""
+    from ...models import REGISTRY, hub_reachable, source_of
 
-    The paper released the pair encoder (QWW/EditCLIP) but no exemplar editor, so on sd15 (and
-    sd15-shaped) there are no weights for it: without `untrained_ok` that is a RuntimeError; with
-    it, the editor is the 'ip2p' pipeline (InstructPix2Pix) and a fresh projection drawn with
-    `seed` from the pair encoder's hidden width to the UNet's cross-attention width, and a
-    warning says that it is untrained: its outputs are the code path of Eq. 5, not edits.
-    Train one with :func:`exemplar_objective` (the ``editclip-ip2p`` task)."""
-    import warnings
+    if profile != "sd15":
+        return Path(source_of("editclip-ip2p", profile))
+    from huggingface_hub import hf_hub_download
 
-    from ...models import REGISTRY, load, toy_path
+    spec = REGISTRY["editclip-ip2p"]
+    return Path(hf_hub_download(spec.sd15, spec.sd15_file, local_files_only=not hub_reachable())).parent
+
+
+def load_editor(profile: str | None = None, device=None, dtype=None) -> ExemplarEditor:
+    """The registry's exemplar editor ('editclip-ip2p': its UNet and projection) and pair encoder
+    ('editclip').  On sd15 these are the authors' releases, QWW/EditCLIP-IP2P (``unet/`` and
+    ``image_proj_model.pt``, on timbrooks/instruct-pix2pix, as their ``eval_ip2p_transfer.py`` loads
+    them; they run it at 256 px, 50 steps, s_E 7, s_I 1.5) and QWW/EditCLIP; on toy, the trained
+    toy-editclip-ip2p and toy-editclip.  A projection that does not join the encoder's width to the
+    UNet's cross-attention width is refused."""
+    from ...models import load
     from ...runtime import current
 
     profile = profile or current().profile
-    trained = profile == "toy" or bool(REGISTRY["editclip-ip2p"].sd15)  # only the toy profile ships weights today
-    if not trained and not untrained_ok:
-        raise RuntimeError(f"'editclip-ip2p' has no public sd15 weights (EditCLIP released only its pair encoder), so "
-                           f"the {profile} profile has no trained exemplar editor: use the toy profile "
-                           "(editnb.setup(profile='toy')), train one with editnb.methods.editclip (the editclip-ip2p "
-                           "task), or pass untrained_ok=True for InstructPix2Pix with an untrained projection (the "
-                           "code path of Eq. 5, not edits)")
-    if trained:
-        pipe = load("editclip-ip2p", profile=profile, device=device, dtype=dtype)
-        proj = load_projection(toy_path("editclip-ip2p"), device=diffusion.execution_device(pipe), dtype=pipe.unet.dtype)
-        return ExemplarEditor(pipe, proj, load_encoder(profile, device=device, dtype=dtype))
-    warnings.warn(f"EditCLIP released no exemplar-editor weights, so on the {profile} profile the exemplar editor is "
-                  "InstructPix2Pix ('ip2p') with an UNTRAINED projection of the pair encoder's hidden states (seed "
-                  f"{seed}): its outputs run Eq. 5 but are not edits. Train the UNet and projection with "
-                  "editnb.methods.editclip.exemplar_objective (the editclip-ip2p task), or use the toy profile, "
-                  "which ships a trained one.", stacklevel=2)
-    pipe = load("ip2p", profile=profile, device=device, dtype=dtype)
+    pipe = load("editclip-ip2p", profile=profile, device=device, dtype=dtype)
     encoder = load_encoder(profile, device=device, dtype=dtype)
-    proj = reinitialise_projection(new_projection(encoder.model.config.vision_config.hidden_size,
-                                                  pipe.unet.config.cross_attention_dim), seed)
-    proj = proj.to(device=diffusion.execution_device(pipe), dtype=pipe.unet.dtype).eval()
+    proj = load_projection(_editor_folder(profile), device=diffusion.execution_device(pipe), dtype=pipe.unet.dtype)
+    linear = proj[0]
+    widths = (encoder.model.config.vision_config.hidden_size, pipe.unet.config.cross_attention_dim)
+    if (linear.in_features, linear.out_features) != widths:
+        raise RuntimeError(f"the {profile} exemplar editor's projection maps {linear.in_features} -> {linear.out_features}, "
+                           f"but its pair encoder's hidden states are {widths[0]} wide and its UNet's cross-attention "
+                           f"{widths[1]}: the editor and the encoder come from different checkpoints")
     return ExemplarEditor(pipe, proj, encoder)
 
 
