@@ -110,6 +110,30 @@ def test_sd_task_trains_only_the_named_modules_and_the_objective_reads_only_thos
         TASKS["sd"]("cpu", r, 0, train_only=["up_blocks.7.*"])
 
 
+def test_attention_objective_reads_only_items_below_attention_max_t():
+    """The self-attention term averages object_attention_loss over the items with t < attention_max_t T
+    (one item at t = 100 and one at 900 of T = 1000: 0.5 keeps the first, 0.95 both), and a share
+    outside (0, 1] is refused."""
+    from types import SimpleNamespace
+
+    from editnb.models import models_dir
+    from editnb.toy.tasks import object_attention_loss
+    from editnb.toy.train import TASKS, recipe_for
+
+    r = recipe_for("sd", steps=1, batch_size=2, init=str(models_dir() / "toy-sd"), options={"object_attention": 1.0})
+    segments = torch.zeros(2, 64, 64, dtype=torch.long)
+    segments[:, 8:40, 8:40] = 1
+    probs = torch.softmax(torch.randn(2, 256, 256, generator=torch.Generator().manual_seed(0)), -1)
+    store = SimpleNamespace(maps={("up.attn1", 0): probs}, sites={"up.attn1": SimpleNamespace(kind="self")})
+    t = torch.tensor([100, 900])
+    for max_t, kept in ((0.5, [0]), (0.95, [0, 1])):
+        task = TASKS["sd"]("cpu", r, 0, object_attention=1.0, attention_max_t=max_t)
+        got = task._attention_terms(store, t, segments, [[], []])
+        assert torch.allclose(got, object_attention_loss(probs[kept], segments[kept])), max_t
+    with pytest.raises(ValueError, match=r"attention_max_t is the share of the noise schedule .* in \(0, 1\]; got 1.5"):
+        TASKS["sd"]("cpu", r, 0, attention_max_t=1.5)
+
+
 def test_word_attention_loss_is_kl_from_the_objects_mask_to_its_words_map():
     """Hand-worked: a 2x2 level, object 1 the left column; its word attends to the patches with
     weights (3, 1, 3, 1) -> the normalised column (3/8, 1/8, 3/8, 1/8); the mask's distribution

@@ -211,11 +211,15 @@ class SDTask(_Task):
     caption_dropout = 0.1
 
     def __init__(self, device, recipe, seed, object_attention: float = 0.0, word_attention: float = 0.0,
-                 attention_sigma: float | None = None, train_only=None, **shape):
+                 attention_sigma: float | None = None, attention_max_t: float = 0.7, train_only=None, **shape):
         self.device, self.recipe, self.seed = device, recipe, seed
         self.object_attention = check_number(object_attention, "object_attention", "1.0")
         self.word_attention = check_number(word_attention, "word_attention", "1.0")
         self.attention_sigma = None if attention_sigma is None else check_number(attention_sigma, "attention_sigma", "6.0")
+        self.attention_max_t = check_number(attention_max_t, "attention_max_t", "0.7")
+        if not 0 < self.attention_max_t <= 1:
+            raise ValueError(f"attention_max_t is the share of the noise schedule whose items the attention objectives "
+                             f"read, in (0, 1]; got {attention_max_t!r}")
         if min(self.object_attention, self.word_attention) < 0 or (self.attention_sigma or 1) <= 0:
             raise ValueError(f"object_attention and word_attention must be >= 0 and attention_sigma > 0 (or None), got "
                              f"{object_attention!r}, {word_attention!r} and {attention_sigma!r}")
@@ -278,8 +282,9 @@ class SDTask(_Task):
             return self.unet(inp, t, cond, added_cond_kwargs=added_cond_kwargs).sample
 
     def _attention_terms(self, store, t, segments, tokens) -> torch.Tensor:
-        """The weighted attention objectives on the items whose objects x_t still shows (t < 0.7 T)."""
-        seen = (t < 0.7 * self.scheduler.config.num_train_timesteps).cpu()
+        """The weighted attention objectives on the items whose objects x_t still shows (t < attention_max_t T;
+        ViMAEdit grounds from 0.8 T on, where a DDIM-inverted x_t still carries the objects)."""
+        seen = (t < self.attention_max_t * self.scheduler.config.num_train_timesteps).cpu()
         total = torch.zeros((), device=self.device)
         if not seen.any():
             return total

@@ -37,7 +37,7 @@ RECIPES = {
     "clip": Recipe(steps=1200, batch_size=128, lr=5e-4, weight_decay=0.05),
     "sd": Recipe(steps=3900, batch_size=128, lr=7e-4, ema_decay=0.999,
                  options={**dict.fromkeys(arch.UNET_SHAPE), "object_attention": 0.0, "word_attention": 0.0,
-                          "attention_sigma": None, "train_only": None}),
+                          "attention_sigma": None, "attention_max_t": 0.7, "train_only": None}),
     "ip2p": Recipe(steps=3200, batch_size=128, lr=5e-4, ema_decay=0.999, options={"frozen": [], "kind_share": {}}),  # then continued, see the script
     # The shipped adapter: this recipe's first 3400 steps were run with 5% of captions dropped, and the
     # adapter did not carry the image (its image branch never sees the caption, and a ToyWorld caption
