@@ -69,12 +69,27 @@ def test_guided_noise_is_instructpix2pix_guidance_with_the_edit_for_the_text():
 
 
 def test_retrieval_metrics_on_a_hand_made_ranking():
-    """Four pairs, two edits; by hand (k = 2): AUC 0.25, MAP@2 0.25, Recall@2 0.5, Precision@2 0.25."""
+    """Four pairs, two edits; by hand (k = 2).  Each query's one relevant pair ranks 2nd (a: c > b > d;
+    d: b > c > a) or 3rd (b: c > d > a; c: b > a > d) of 3: AUC (precision at that rank) (1/2 + 1/3 +
+    1/3 + 1/2) / 4 = 5/12, MAP@2 0.25, Recall@2 0.5, Precision@2 0.25, ROC AUC (0.5 + 0 + 0 + 0.5) / 4."""
     emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0]])
     table = retrieval.retrieval_table({"hand": emb}, [0, 0, 1, 1], k=2)["hand"]
-    assert table == pytest.approx({"AUC": 0.25, "MAP@2": 0.25, "Recall@2": 0.5, "Precision@2": 0.25})
+    assert table == pytest.approx({"AUC": 5 / 12, "MAP@2": 0.25, "Recall@2": 0.5, "Precision@2": 0.25, "ROC AUC": 0.25})
     perfect = retrieval.retrieval_table({"p": torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]])}, [0, 0, 1, 1], k=2)["p"]
     assert perfect["MAP@2"] == 1 and perfect["AUC"] == 1
+
+
+def test_tsne_runs_at_the_supplements_perplexity_50_with_pca_init():
+    """The chapter's 120 points (60 quartets' two pairs) at perplexity 50 and PCA initialisation, as
+    scikit-learn's TSNE gives them; a set too small for 50 runs at n - 1."""
+    from sklearn.manifold import TSNE
+
+    x = np.random.default_rng(1).normal(size=(120, 6))
+    want = TSNE(n_components=2, perplexity=50.0, init="pca", random_state=0).fit_transform(x)
+    assert np.allclose(figures.tsne_2d(x, seed=0), want)
+    few = x[:12]
+    assert np.allclose(figures.tsne_2d(few, seed=0),
+                       TSNE(n_components=2, perplexity=11.0, init="pca", random_state=0).fit_transform(few))
 
 
 def test_tsne_figure_is_identical_for_a_fixed_seed():

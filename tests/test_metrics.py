@@ -114,9 +114,14 @@ def test_retrieval_on_a_crafted_ranking():
     assert out["MAP@2"] == pytest.approx(1.0)  # the one hit in the top 2 is at rank 1
     late = M.retrieval_metrics(np.array([[0.9, 0.8, 0.1]]), np.array([[False, True, True]]), k=2)
     assert late["MAP@2"] == pytest.approx(0.5)  # its hit is at rank 2: precision 1/2
-    assert out["AUC"] == pytest.approx(0.75)  # pairs (rel, irrel): 0>1, 0>3, 2<1, 2>3
+    assert out["ROC AUC"] == pytest.approx(0.75)  # pairs (rel, irrel): 0>1, 0>3, 2<1, 2>3
+    # the supplement's AUC, the area under the precision-recall curve over the whole ranking: the
+    # precision at each relevant item's rank (1 at rank 1, 2/3 at rank 3), averaged; MAP@2 stops at 2
+    assert out["AUC"] == pytest.approx((1 + 2 / 3) / 2)
+    assert late["AUC"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     perfect = M.retrieval_metrics(np.array([[1.0, 0.9, 0.1]]), np.array([[True, True, False]]), k=10)
-    assert perfect == {"AUC": 1.0, "MAP@10": 1.0, "Recall@10": 1.0, "Precision@10": pytest.approx(2 / 10)}  # divides by k
+    assert perfect == {"AUC": 1.0, "ROC AUC": 1.0, "MAP@10": 1.0, "Recall@10": 1.0,
+                       "Precision@10": pytest.approx(2 / 10)}  # divides by k
 
 
 def test_elo():

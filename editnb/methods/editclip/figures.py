@@ -12,12 +12,13 @@ LINE_COLOR = "#6a3d9a"  # the supplement's purple lines between a quartet's two 
 
 
 def tsne_2d(embeddings, seed: int = 0, perplexity: float = 50.0) -> np.ndarray:
-    """t-SNE to 2-D with the supplement's settings (perplexity 50, PCA initialisation); the
-    perplexity is lowered to (n - 1) / 3 when there are too few points for 50."""
+    """t-SNE to 2-D with the supplement's settings (perplexity 50, PCA initialisation).  scikit-learn
+    needs fewer neighbours than points (perplexity < n): for n <= 50 points (a capped profile's few
+    quartets) the perplexity is lowered to n - 1."""
     from sklearn.manifold import TSNE
 
     x = np.asarray(embeddings, dtype=np.float64)
-    perplexity = min(perplexity, (len(x) - 1) / 3)
+    perplexity = min(perplexity, len(x) - 1)
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 

@@ -126,6 +126,7 @@ def toy_figures(n_retrieval_groups: int = 40, n_edits: int = 36, steps: int = 25
     ok = lambda ims: float(np.mean([oracle.edit_success(im, q.query) for im, q in zip(ims, qs)]))  # noqa: E731
     return {"editclip_map10": table["EditCLIP"]["MAP@10"], "editclip_map10_clip": table["CLIP"]["MAP@10"],
             "editclip_map10_clipdir": table["CLIP-Dir"]["MAP@10"], "editclip_auc": table["EditCLIP"]["AUC"],
+            "editclip_roc_auc": table["EditCLIP"]["ROC AUC"],
             "editclip_success": ok(trained), "editclip_success_untrained": ok(control),
             "editclip_kind": float(np.mean([kind_transferred(im, q.query) for im, q in zip(trained, qs)])),
             "editclip_kind_untrained": float(np.mean([kind_transferred(im, q.query) for im, q in zip(control, qs)])),
