@@ -195,3 +195,62 @@ def test_store_and_p2p_in_fp16(random_pipe):
     r = prompt_to_prompt(pipe, PROMPT, "a blue circle on a white background", steps=3, generator=gen(),
                          blend_words=("red", "blue"))
     assert len(r.images) == 2 and r.found["controller"].last_mask is not None and r.masks["blend"].dtype == bool
+
+
+def test_p2p_method_hands_every_setting_to_its_controller_and_editor(random_pipe, monkeypatch):
+    """editnb.methods.p2p.prompt_to_prompt is plumbing: each argument must reach the controller
+    (mode, the two replace fractions, the equalizer, the blend words) or the dual-branch editor
+    (image, inversion, scheduler, guidance, steps, generator, size), a `before` controller is
+    chained ahead of P2P's, the local blend hook reads the controller's mask from blend_start on,
+    and found["p2p"] is P2P's own controller.  P2P's default is 50 DDIM steps (Hertz et al.)."""
+    import inspect
+
+    from editnb import editing
+    from editnb.attention import Chain
+    from editnb.methods import p2p
+
+    assert inspect.signature(p2p.prompt_to_prompt).parameters["steps"].default == 50
+    seen = {}
+
+    def dual_branch(pipe, source, target, **kw):
+        seen.update(kw)
+        return diffusion.Result(None, None, found={})
+
+    monkeypatch.setattr(editing, "dual_branch", dual_branch)
+    before, gen, image = Controller(), torch.Generator().manual_seed(0), np.zeros((32, 32, 3), np.uint8)
+    out = p2p.prompt_to_prompt(random_pipe, "a cat", "a dog", mode="replace", cross_replace=0.6, self_replace=0.3,
+                               equalizer={"dog": 2.0}, blend_words=(["cat"], ["dog"]), guidance=5.0, steps=7,
+                               generator=gen, image=image, inversion="ddim", scheduler="dpm", before=before,
+                               size=(32, 32))
+    ctrl = out.found["p2p"]
+    assert isinstance(ctrl, PromptToPrompt) and ctrl.blend is not None
+    assert (ctrl.n_steps, ctrl.cross_steps, ctrl.self_steps) == (7, round(0.6 * 7), round(0.3 * 7))
+    assert ctrl.equalizer is not None and ctrl.equalizer.max() == 2.0
+    assert seen["image"] is image and seen["inversion"] == "ddim" and seen["scheduler"] == "dpm"
+    assert seen["guidance"] == 5.0 and seen["steps"] == 7 and seen["generator"] is gen and seen["size"] == (32, 32)
+    assert isinstance(seen["controller"], Chain) and list(seen["controller"].controllers) == [before, ctrl]
+    calls = []
+    monkeypatch.setattr(ctrl, "local_blend", lambda i, t, latents: calls.append((i, t)) or (None if i < 2 else "mask"))
+    ctrl.last_mask = "the mask"
+    assert seen["blend"](1, 900, None) is None and seen["blend"](2, 800, None) == "the mask"
+    assert calls == [(1, 900), (2, 800)]  # the step and the timestep as the editor gives them
+    p2p.prompt_to_prompt(random_pipe, "a cat", "a dog", steps=3)
+    assert seen["controller"] is not before and isinstance(seen["controller"], PromptToPrompt)
+    assert seen["blend"] is None  # no blend words, no local blend
+    refine = p2p.prompt_to_prompt(random_pipe, "a cat", "a big cat", mode="refine", steps=4).found["p2p"]
+    assert refine.mode == "refine" and refine.equalizer is None and refine.blend is None
+
+
+def test_present_blend_words_keeps_each_word_only_where_its_prompt_has_it(random_pipe):
+    """PIE-Bench names an added object as the source word of an "add" edit: each word is kept only if
+    its own prompt has it, in any case; None when neither prompt has its word."""
+    from editnb.methods.p2p import present_blend_words
+
+    tok = random_pipe.tokenizer
+    assert present_blend_words(tok, "a cat", "a dog", ("cat", "dog")) == (["cat"], ["dog"])
+    assert present_blend_words(tok, "a cat", "a cat and a dog", ("dog", "dog")) == ([], ["dog"])
+    assert present_blend_words(tok, "a cat and a dog", "a cat", ("dog", "dog")) == (["dog"], [])
+    assert present_blend_words(tok, "a cat", "a dog", ("Cat", "Dog")) == (["Cat"], ["Dog"])  # in any case
+    assert present_blend_words(tok, "a cat", "a dog", ("bird", "fish")) is None
+    assert present_blend_words(tok, "a cat", "a dog", ("cat", "")) == (["cat"], [])
+    assert present_blend_words(tok, "a cat", "a dog", None) is None
