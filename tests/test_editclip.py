@@ -200,15 +200,16 @@ def test_toy_editor_is_the_shipped_one_and_the_control_is_nn_linears_default_dra
 
 def test_table_1_leaves_out_the_oracle_columns_when_asked(editor):
     from editnb.features import clip_features
+    from editnb.methods.editclip import toy_eval
     from editnb.methods.editclip.toy_eval import table_1
 
     qs = editclip.quartets(2, kinds=["recolor"])
     exact = {"exact": [q.query.edited_image() for q in qs]}
     features = clip_features("clip", profile="toy")
     full = table_1(exact, qs, editor.encoder, features)["exact"]
-    assert full["oracle success"] == 1.0 and full["kind transferred"] == 1.0
+    assert full[toy_eval.SUCCESS] == 1.0 and full[toy_eval.KIND] == 1.0
     bare = table_1(exact, qs, editor.encoder, features, with_oracle=False)["exact"]
-    assert set(full) - set(bare) == {"oracle success", "kind transferred"}
+    assert set(full) - set(bare) == {toy_eval.SUCCESS, toy_eval.KIND}
     assert all(bare[k] == pytest.approx(full[k]) for k in bare)
 
 

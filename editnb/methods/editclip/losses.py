@@ -60,7 +60,12 @@ def exemplar_objective(unet, vae, scheduler, features, cond, x_in, x_tgt, genera
     `cond` (B, tokens, dim) is the projected edit condition (zeros where dropped); `x_in`, `x_tgt`
     are the query input and its edited target in [-1, 1]; `features` a
     :class:`editnb.features.ClipFeatures` (its ``pixel_hidden_states`` are differentiable);
-    `drop_image` (B,) bool marks rows whose input latent is dropped (classifier-free guidance)."""
+    `drop_image` (B,) bool marks rows whose input latent is dropped (classifier-free guidance).
+
+    The perceptual term is CLIP-LPIPS on every profile: :func:`perceptual_distance` (the LPIPS recipe
+    without learned heads) on `features`' vision layers, toy-clip on toy and CLIP L/14 on sd15.  The
+    authors' training uses LPIPS with VGG, whose weights the course cannot fetch offline; the two
+    distances have different scales, so a lambda_2 tuned for one is not the other's."""
     with torch.no_grad():
         z_tgt = vae.encode(x_tgt).latent_dist.mode() * vae.config.scaling_factor
         # InstructPix2Pix conditions on the UNSCALED mode of the input latent (diffusers' pipeline)

@@ -15,11 +15,20 @@ from . import card  # noqa: F401  (the cards' descriptions, for editnb toy eval 
 from .inference import ExemplarEditor, exemplar_edit
 from .model import reinitialise_projection
 
-PAPER_TABLE_1 = {  # supplement Table 1 (TOP-Bench-X); LPIPS and S_visual are printed with a down arrow there
-    "MDP (text)": {"LPIPS": 0.424, "CLIP": 0.249, "EC2T": 0.184, "CLIP-Dir": 0.231, "S_visual": 0.712, "EC2EC": 0.372},
-    "InstructCLIP": {"LPIPS": 0.433, "CLIP": 0.194, "EC2T": 0.143, "CLIP-Dir": 0.071, "S_visual": 0.867, "EC2EC": 0.282},
-    "IP-Adapter": {"LPIPS": 0.690, "CLIP": 0.198, "EC2T": 0.162, "CLIP-Dir": 0.068, "S_visual": 0.906, "EC2EC": 0.292},
-    "EditCLIP": {"LPIPS": 0.233, "CLIP": 0.216, "EC2T": 0.180, "CLIP-Dir": 0.143, "S_visual": 0.761, "EC2EC": 0.477},
+#: Table 1's columns, each named for what it computes and marked with the direction that is better.
+#: The supplement prints LPIPS and S_visual with a down arrow (S_visual: lower when the output copies
+#: the exemplar's look instead of its edit).  Its LPIPS is the learned metric; the course's column is
+#: the LPIPS recipe on the CLIP vision tower's layers without learned heads (:func:`editnb.metrics.toy_lpips`:
+#: toy-clip on toy, CLIP L/14 on sd15), a different scale, so it has its own name.
+LPIPS, CLIP_LPIPS = "LPIPS ↓", "CLIP-LPIPS ↓"
+CLIP_T, EC2T, CLIP_DIR, S_VISUAL, EC2EC = "CLIP ↑", "EC2T ↑", "CLIP-Dir ↑", "S_visual ↓", "EC2EC ↑"
+SUCCESS, KIND = "oracle success ↑", "kind transferred ↑"
+
+PAPER_TABLE_1 = {  # supplement Table 1 (TOP-Bench-X)
+    "MDP (text)": {LPIPS: 0.424, CLIP_T: 0.249, EC2T: 0.184, CLIP_DIR: 0.231, S_VISUAL: 0.712, EC2EC: 0.372},
+    "InstructCLIP": {LPIPS: 0.433, CLIP_T: 0.194, EC2T: 0.143, CLIP_DIR: 0.071, S_VISUAL: 0.867, EC2EC: 0.282},
+    "IP-Adapter": {LPIPS: 0.690, CLIP_T: 0.198, EC2T: 0.162, CLIP_DIR: 0.068, S_VISUAL: 0.906, EC2EC: 0.292},
+    "EditCLIP": {LPIPS: 0.233, CLIP_T: 0.216, EC2T: 0.180, CLIP_DIR: 0.143, S_VISUAL: 0.761, EC2EC: 0.477},
 }
 
 
@@ -62,19 +71,19 @@ def table_1(outputs: dict, quartets, encoder, features, with_oracle: bool = True
     rows = {}
     for name, images in outputs.items():
         rows[name] = {
-            "LPIPS": float(np.mean([M.toy_lpips(features, a, b) for a, b in zip(queries, images)])),
-            "CLIP": float(M.clip_similarity(features, images, [q.query.target_caption for q in quartets]).mean()),
-            "EC2T": float(M.ec2t(encoder, encoder.texts, queries, images, [q.instruction for q in quartets]).mean()),
-            "CLIP-Dir": float(M.clip_directional_similarity(features, queries, images,
+            CLIP_LPIPS: float(np.mean([M.toy_lpips(features, a, b) for a, b in zip(queries, images)])),
+            CLIP_T: float(M.clip_similarity(features, images, [q.query.target_caption for q in quartets]).mean()),
+            EC2T: float(M.ec2t(encoder, encoder.texts, queries, images, [q.instruction for q in quartets]).mean()),
+            CLIP_DIR: float(M.clip_directional_similarity(features, queries, images,
                                                             [q.query.source_caption for q in quartets],
                                                             [q.query.target_caption for q in quartets]).mean()),
-            "S_visual": float(M.s_visual(features, queries, images, ex_in, ex_ed).mean()),
-            "EC2EC": float(M.ec2ec(encoder, queries, images, ex_in, ex_ed).mean()),
+            S_VISUAL: float(M.s_visual(features, queries, images, ex_in, ex_ed).mean()),
+            EC2EC: float(M.ec2ec(encoder, queries, images, ex_in, ex_ed).mean()),
         }
         if with_oracle:
             pairs = list(zip(images, quartets))
-            rows[name]["oracle success"] = float(np.mean([oracle.edit_success(im, q.query) for im, q in pairs]))
-            rows[name]["kind transferred"] = float(np.mean([kind_transferred(im, q.query) for im, q in pairs]))
+            rows[name][SUCCESS] = float(np.mean([oracle.edit_success(im, q.query) for im, q in pairs]))
+            rows[name][KIND] = float(np.mean([kind_transferred(im, q.query) for im, q in pairs]))
     return rows
 
 
