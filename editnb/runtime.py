@@ -30,9 +30,10 @@ MODEL_HOOKS: dict = {}
 
 
 def data_dir() -> Path:
-    """The project's data folder (``EDITNB_DATA`` overrides; default: ``data/`` of the repo)."""
+    """The project's data folder (``EDITNB_DATA`` overrides): the package's ``_data``, which in the
+    repository is a link to its ``data/`` and in an installed wheel the shipped copy of it."""
     env = os.environ.get("EDITNB_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else Path(__file__).resolve().parent / "_data"
 
 
 def progress_disabled() -> bool:
