@@ -117,7 +117,8 @@ _CURRENT: Runtime | None = None
 
 
 def setup(profile: str = "auto", device: str | None = None, seed: int = 0, verbose: bool = True) -> Runtime:
-    """Choose profile, device, dtype and seed; print one line; return a :class:`Runtime`.
+    """Choose profile, device, dtype and seed; print them, and the versions and GPU that a bug report
+    needs (:func:`environment`); return a :class:`Runtime`.
 
     - ``profile="auto"``: ``sd15`` when a CUDA GPU is present and the Hub is reachable, else
       ``toy``.  The environment variable ``EDITNB_PROFILE`` replaces ``"auto"``; an explicit
@@ -155,8 +156,30 @@ def setup(profile: str = "auto", device: str | None = None, seed: int = 0, verbo
                 "(editnb.setup(profile='toy') or EDITNB_PROFILE=toy).", stacklevel=2)
     if verbose:
         print(rt)
+        print(environment())
     _CURRENT = rt
     return rt
+
+
+def environment() -> str:
+    """One line: the versions of torch, diffusers and transformers, and the GPU with its memory (what
+    a Colab runtime changes under a course without asking)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    gpu = "none"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = f"{props.name} ({props.total_memory / 2 ** 30:.1f} GiB)"
+    return (f"versions: torch {torch.__version__}, diffusers {installed('diffusers')}, "
+            f"transformers {installed('transformers')}; GPU: {gpu}")
 
 
 def _requested_profile(profile: str) -> tuple[str, str]:

@@ -11,9 +11,13 @@ from editnb import models, runtime
 def test_setup_chooses_toy_on_cpu_and_prints_why(capsys, monkeypatch):
     monkeypatch.delenv("EDITNB_PROFILE", raising=False)
     rt = editnb.setup(seed=3)
-    line = capsys.readouterr().out.strip()
+    line, versions = capsys.readouterr().out.strip().splitlines()
     assert rt.profile == "toy" and rt.device.type == "cpu" and rt.dtype == torch.float32
-    assert "profile=toy" in line and "no CUDA GPU" in line and len(line.splitlines()) == 1
+    assert "profile=toy" in line and "no CUDA GPU" in line
+    # the second line is what a bug report needs: the three libraries' versions and the GPU
+    from importlib.metadata import version
+    assert versions == (f"versions: torch {torch.__version__}, diffusers {version('diffusers')}, "
+                        f"transformers {version('transformers')}; GPU: none")
     # seeding: same seed, same numbers
     a = torch.rand(3)
     editnb.setup(seed=3, verbose=False)
