@@ -560,3 +560,63 @@ def test_p2p_pie_is_prompt_to_prompt_with_pie_benchs_settings(adapter, monkeypat
     assert (seen["guidance"], seen["steps"], seen["generator"], seen["image"]) == (6.0, 9, gen, image)
     p2p_pie(adapter, "a red triangle", "a big red circle", image, blend)
     assert seen["mode"] == "refine" and seen["guidance"] == 7.5 and seen["steps"] == 50  # PIE-Bench's defaults
+
+
+def test_trace_grounding_is_the_edit_vimaedit_runs_with_its_history_kept(monkeypatch):
+    """trace_grounding runs vimaedit with the caller's settings (its defaults are vimaedit's, so a
+    trace is the edit as the chapter runs it) and keep_history, refuses an edit that grounded
+    nothing, and scores each step's mask against the true mask with its one-pixel frame left out."""
+    import inspect
+
+    from editnb.methods.vimaedit import edit as E
+
+    for name in ("grounding", "steps", "start"):
+        assert (inspect.signature(E.trace_grounding).parameters[name].default
+                == inspect.signature(E.vimaedit).parameters[name].default), name
+    masks = [np.zeros((8, 8), bool), np.ones((8, 8), bool)]
+    masks[0][2:5, 2:5] = True
+    ground = SimpleNamespace(history=[SimpleNamespace(mask=m) for m in masks],
+                             recorder=SimpleNamespace(coarse="P1", fine="P2"))
+    seen = {}
+
+    def fake(pipe, source, target, image, blend, **kw):
+        seen.update(kw, args=(source, target, image, blend))
+        return SimpleNamespace(found={"grounding": ground})
+
+    monkeypatch.setattr(E, "vimaedit", fake)
+    gen = torch.Generator()
+    true = np.zeros((8, 8), bool)
+    true[2:5, 2:5] = True
+    true[0, :] = True  # the frame: PIE-Bench's decoder sets it; no part of the edit
+    tr = E.trace_grounding("pipe", "a cat", "a dog", "img", (["cat"], ["dog"]), true_mask=true, grounding="dpl",
+                           steps=7, start=0.3, generator=gen, image_guidance=False)
+    assert seen == {"grounding": "dpl", "steps": 7, "start": 0.3, "generator": gen, "keep_history": True,
+                    "image_guidance": False, "args": ("a cat", "a dog", "img", (["cat"], ["dog"]))}
+    assert tr.ious == pytest.approx([1.0, 9 / 64])  # the frame left out: the 3x3 square is the true mask
+    framed = E.trace_grounding("pipe", "a cat", "a dog", "img", None, true_mask=true, ignore_frame=False)
+    assert framed.ious == pytest.approx([9 / (9 + 8), 17 / 64])
+    assert E.trace_grounding("pipe", "a cat", "a dog", "img", None).ious == []
+    monkeypatch.setattr(E, "vimaedit", lambda *a, **k: SimpleNamespace(found={}))
+    with pytest.raises(ValueError, match="^no grounding ran: give blend words present in the prompts$"):
+        E.trace_grounding("pipe", "a cat", "a dog", "img", None)
+
+
+def test_compare_groundings_gives_each_edit_its_own_seed_and_every_mode_the_same(monkeypatch):
+    """Edit k of every mode runs with a generator seeded generator_seed + k (the modes compared on the
+    same noise), the mode as its grounding and the caller's steps and options; the IoUs stack as
+    (edits, steps) per mode."""
+    from editnb.methods.vimaedit import edit as E
+    from editnb.toy import world
+
+    calls = []
+
+    def fake(pipe, source, target, image, blend, true_mask=None, grounding=None, steps=None, generator=None, **kw):
+        calls.append((grounding, steps, generator.initial_seed(), kw))
+        return SimpleNamespace(ious=[float(generator.initial_seed()), float(steps)])
+
+    monkeypatch.setattr(E, "trace_grounding", fake)
+    pipe = SimpleNamespace(tokenizer=models.load("sd", profile="toy", device="cpu", dtype=torch.float32).tokenizer)
+    edits = [world.edit_for("test", i, "recolor") for i in range(2)]
+    c = E.compare_groundings(pipe, edits, steps=4, modes=("cross-attention", "iterative"), generator_seed=10, gamma=0.3)
+    assert calls == [(m, 4, 10 + k, {"gamma": 0.3}) for m in ("cross-attention", "iterative") for k in range(2)]
+    assert c.ious["iterative"].tolist() == [[10.0, 4.0], [11.0, 4.0]]
