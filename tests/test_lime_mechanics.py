@@ -284,3 +284,36 @@ def test_regulariser_defaults_and_refusals(random_ip2p):
             lime.LimeRegularizer(bad, tok, "make the circle blue")
     with pytest.raises(ValueError, match="the RoI is empty: nothing would be edited"):
         lime.LimeRegularizer(np.zeros((16, 16), bool), tok, "make the circle blue")
+
+
+def test_resolution_choices_by_hand_at_their_boundaries():
+    """The feature levels are the official latent/8, /4, /2 as integer sides when at least two of them
+    exist (a 3-level 64 UNet has only 32 and 16 of them: those two; a 2-level one only 32: all its
+    levels); Eq. 3 regularises the upper half of the levels, latent / 2^(ceil(L/2) - 1)."""
+    three = lime._default_resolutions(_unet_of(64, 3))  # 64/32/16
+    assert three == [16, 32] and all(type(r) is int for r in three)
+    assert lime._default_resolutions(_unet_of(64, 2)) == [64, 32]
+    assert all(type(r) is int for r in lime._default_resolutions(_unet_of(64, 4)))
+    for latent, levels, lowest in ((64, 4, 32), (16, 2, 16), (32, 3, 16), (64, 6, 16), (64, 1, 64)):
+        got = lime.regularised_resolution(_unet_of(latent, levels))
+        assert got == lowest and type(got) is int, (latent, levels, got)
+
+
+def test_roi_at_keeps_the_cells_covered_more_than_half_and_repeats_cells_when_finer(random_ip2p):
+    """A 4x4 RoI read at 2x2 (area average > 0.5: three quarters in, one quarter out), at 4x4 (itself)
+    and at 8x8 (each cell repeated 2x2, nearest); a one-pixel RoI covers no 2x2 cell by half and is
+    dilated to the cell it touches, with a warning that gives the RoI's size."""
+    roi = np.zeros((4, 4), bool)
+    roi[0:2, 0:2] = True  # top-left cell: all in
+    roi[0:2, 2:4] = [[True, True], [True, False]]  # top-right: 3/4 in
+    roi[2, 0] = True  # bottom-left: 1/4 in
+    reg = lime.LimeRegularizer(roi, random_ip2p.tokenizer, "make the circle blue")
+    assert reg.roi_at(2).tolist() == [True, True, False, False]
+    assert reg.roi_at(4).tolist() == roi.flatten().tolist()
+    assert reg.roi_at(8).reshape(8, 8).tolist() == np.kron(roi, np.ones((2, 2), bool)).tolist()
+    dot = np.zeros((4, 4), bool)
+    dot[3, 3] = True
+    with pytest.warns(UserWarning, match=r"the RoI \(1 pixels of 4x4\) covers no 2x2 attention cell by half; it was "
+                                         r"dilated to the 1 cell\(s\) it touches\. Draw a thicker mask"):
+        cells = lime.LimeRegularizer(dot, random_ip2p.tokenizer, "make the circle blue").roi_at(2)
+    assert cells.tolist() == [False, False, False, True]
