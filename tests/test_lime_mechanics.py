@@ -13,7 +13,8 @@ def test_relevant_tokens_drop_stop_words_verbs_and_punctuation(random_ip2p):
     tok = random_ip2p.tokenizer
     positions, words = lime.relevant_tokens(tok, "make the circle blue, big")
     assert words == ["circle", "blue", "big"] and positions == [3, 4, 6]
-    with pytest.raises(ValueError, match="no content words"):
+    with pytest.raises(ValueError, match=r"^the instruction 'make it so again' has no content words \(only stop words, "
+                                         r"verbs or punctuation\); say what to edit, e\.g\. 'make the circle blue'$"):
         lime.relevant_tokens(tok, "make it so again")
 
 
@@ -28,6 +29,8 @@ def test_eq3_suppresses_only_the_start_token_stop_words_and_padding(random_ip2p)
     assert reg.unrelated == unrelated and reg.related == [3, 4, 6]
     kept = set(range(tok.model_max_length)) - set(unrelated)
     assert kept == {1, 3, 4, 5, 6, 7}  # verb, content words, punctuation, end of text
+    # an empty instruction: <start> 0, <end> 1 (kept), padding from 2 on
+    assert lime.unrelated_tokens(tok, "") == [0] + list(range(2, tok.model_max_length))
 
 
 def test_regularisation_leaves_attention_outside_the_roi_bit_identical(random_ip2p):
