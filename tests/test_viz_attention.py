@@ -168,9 +168,23 @@ def test_explorer_opens_on_the_level_a_quarter_of_the_latent_side(sides, grounde
     assert store.sites[vattn.grounded_layer(store)].resolution == grounded
 
 
-def test_grid_explorer_needs_every_pair_of_the_grid_and_is_none_without_a_frontend(monkeypatch):
-    images = {(a, b): np.zeros((8, 8, 3), np.uint8) for a in (1.0, 7.0) for b in (0.5, 1.5)}
+def test_grid_explorer_needs_every_pair_of_the_grid_and_is_drawn_static_without_a_frontend(monkeypatch):
+    """Without a frontend the explorer is drawn as it opens (the chosen pair's image and note, the
+    sliders' values as text) and returns None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = {(a, b): np.full((8, 8, 3), int(10 * a + b), np.uint8) for a in (1.0, 7.0) for b in (0.5, 1.5)}
     monkeypatch.setenv("EDITNB_STATIC", "1")
-    assert vattn.grid_explorer(images, (1.0, 7.0), (0.5, 1.5)) is None
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+    assert vattn.grid_explorer(images, (1.0, 7.0), (0.5, 1.5), value=(7.0, 0.5), notes={k: "n" for k in images}) is None
+    (fig,) = shown
+    ax = fig.axes[0]
+    assert ax.get_title() == "s_E=7.0, s_I=0.5\nn" and (ax.images[0].get_array() == 70).all()
+    assert "explorer: s_E [1.0, 7.0], s_I [0.5, 1.5]" in fig.texts[0].get_text()
+    plt.close("all")
     with pytest.raises(ValueError, match=r"no result for \[\(12.0, 0.5\)"):
         vattn.grid_explorer(images, (1.0, 7.0, 12.0), (0.5, 1.5))

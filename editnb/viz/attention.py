@@ -365,34 +365,44 @@ def grid_explorer(images: dict, row_values, col_values, row_name: str = "s_E", c
                   value=None, notes: dict | None = None):
     """Sliders over a guidance grid already computed (``images[(row, col)]``): with a live Jupyter
     frontend, an ipywidgets panel that shows the result of the chosen pair of scales (and its note,
-    e.g. a measure); without one (nbval, scripts) None, since the static grid is the figure there."""
+    e.g. a measure).  Without one (nbval, scripts, a static render of the notebook) the panel is
+    drawn as it opens: the sliders' values as text over the result they select, and None returns."""
+    import matplotlib.pyplot as plt
+
     missing = [(r, c) for r in row_values for c in col_values if (r, c) not in images]
     if missing:
         raise ValueError(f"images has no result for {missing[:3]}{' ...' if len(missing) > 3 else ''}; "
                          f"it needs one per ({row_name}, {col_name}) pair of the grid")
+    row_value, col_value = value if value is not None else (row_values[len(row_values) // 2], col_values[len(col_values) // 2])
+
+    def draw(r, c, static=False):
+        fig, ax = plt.subplots(figsize=(2.4, 2.6))
+        ax.imshow(to_numpy(images[(r, c)]), interpolation="nearest")
+        note = f"\n{notes[(r, c)]}" if notes else ""
+        ax.set_title(f"{row_name}={r}, {col_name}={c}{note}", fontsize=8)
+        ax.axis("off")
+        if static:
+            fig.text(0.5, 0.01, f"explorer: {row_name} {list(row_values)}, {col_name} {list(col_values)}\n"
+                     "(sliders with a live frontend: JupyterLab, Colab)", ha="center", va="bottom", fontsize=6)
+        plt.show()
+
     if not _frontend_available():
+        draw(row_value, col_value, static=True)
         return None
     import ipywidgets as W
-    import matplotlib.pyplot as plt
 
-    row_value, col_value = value if value is not None else (row_values[len(row_values) // 2], col_values[len(col_values) // 2])
     row = W.SelectionSlider(options=list(row_values), value=row_value, description=row_name)
     col = W.SelectionSlider(options=list(col_values), value=col_value, description=col_name)
     out = W.Output()
 
-    def draw(*_):
+    def redraw(*_):
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(2.4, 2.6))
-            ax.imshow(to_numpy(images[(row.value, col.value)]), interpolation="nearest")
-            note = f"\n{notes[(row.value, col.value)]}" if notes else ""
-            ax.set_title(f"{row_name}={row.value}, {col_name}={col.value}{note}", fontsize=8)
-            ax.axis("off")
-            plt.show()
+            draw(row.value, col.value)
 
-    row.observe(draw, names="value")
-    col.observe(draw, names="value")
-    draw()
+    row.observe(redraw, names="value")
+    col.observe(redraw, names="value")
+    redraw()
     return W.VBox([W.HBox([row, col]), out])
 
 
