@@ -535,37 +535,45 @@ def toy_fid(features: ClipFeatures, images_a, images_b) -> float:
 def retrieval_metrics(similarity, relevant, k: int = 10) -> dict[str, float]:
     """EditCLIP Table 2: AUC, MAP@k, Recall@k, Precision@k for queries against a gallery, and ROC AUC.
 
-    `similarity` (queries, gallery) scores; `relevant` (queries, gallery) booleans.  The supplement
-    does not define its "AUC"; for every method its value sits just above MAP@10 (0.201/0.160,
-    0.140/0.104, 0.095/0.069), which is what the area under the precision-recall curve over the whole
-    ranking gives and ROC AUC cannot (a ranker better than chance has ROC AUC > 0.5).  So "AUC" here
-    is that area, step-wise: the average precision over the whole ranking (the course's reading);
-    "ROC AUC" is scikit-learn's, per query.  The @k metrics are torchmetrics' retrieval functions
-    (AP@k there is the mean of precision@i over the relevant items found in the top k).  Every
+    `similarity` (queries, gallery) scores; `relevant` (queries, gallery) booleans.  Each query's
+    gallery is ranked by score (ties in gallery order); with R relevant items and P(i) the precision
+    in the top i:
+
+    - AP@k = sum of P(i) over the relevant items in the top k, divided by min(k, R) (the relevant
+      items the top k could hold), so AP@k <= AP; MAP@k is its mean over the queries;
+    - "AUC": the supplement does not define it, but for every method its value sits just above
+      MAP@10 (0.201/0.160, 0.140/0.104, 0.095/0.069).  The area under the precision-recall curve over
+      the whole ranking gives that (step-wise it is AP, the sum over all R relevant items divided by
+      R) and ROC AUC cannot (a ranker better than chance scores > 0.5): the course's reading;
+    - Recall@k = relevant items in the top k / R; Precision@k = relevant items in the top k / k;
+    - "ROC AUC": scikit-learn's, per query, under its own name.
+
+    (torchmetrics' AP@k divides by the relevant items *found* in the top k instead, which can exceed
+    AP; with it the toy's baselines score MAP@10 above AUC, unlike every row of the paper.)  Every
     column is averaged over the queries that have a relevant item (ROC AUC: and an irrelevant one)."""
     from sklearn.metrics import roc_auc_score
-    from torchmetrics.functional.retrieval import (retrieval_average_precision, retrieval_precision,
-                                                   retrieval_recall)
 
     s = torch.as_tensor(np.asarray(similarity), dtype=torch.float64)
     r = torch.as_tensor(np.asarray(relevant), dtype=torch.bool)
     if s.shape != r.shape or s.ndim != 2:
         raise ValueError(f"similarity and relevant must be (queries, gallery) of the same shape; got {tuple(s.shape)} and {tuple(r.shape)}")
-    pr_areas, roc_aucs, maps, recalls, precisions = [], [], [], [], []
+    rows = []
     for q in range(s.shape[0]):
-        if not r[q].any():
+        n_relevant = int(r[q].sum())
+        if not n_relevant:
             continue
-        if not r[q].all():
-            roc_aucs.append(roc_auc_score(r[q].numpy(), s[q].numpy()))
-        pr_areas.append(float(retrieval_average_precision(s[q], r[q])))
-        maps.append(float(retrieval_average_precision(s[q], r[q], top_k=k)))
-        recalls.append(float(retrieval_recall(s[q], r[q], top_k=k)))
-        precisions.append(float(retrieval_precision(s[q], r[q], top_k=k)))
-    if not maps:
+        hits = r[q][torch.sort(s[q], descending=True, stable=True).indices].double()
+        precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
+        roc = roc_auc_score(r[q].numpy(), s[q].numpy()) if n_relevant < len(hits) else float("nan")
+        rows.append((float((precision * hits).sum()) / n_relevant,
+                     float((precision[:k] * hits[:k]).sum()) / min(k, n_relevant),
+                     float(hits[:k].sum()) / n_relevant, float(hits[:k].sum()) / k, roc))
+    if not rows:
         raise ValueError("no query has a relevant item in the gallery")
-    return {"AUC": float(np.mean(pr_areas)), f"MAP@{k}": float(np.mean(maps)), f"Recall@{k}": float(np.mean(recalls)),
-            f"Precision@{k}": float(np.mean(precisions)),
-            "ROC AUC": float(np.mean(roc_aucs)) if roc_aucs else float("nan")}
+    area, ap_k, recall, prec_k, roc = np.array(rows).T
+    return {"AUC": float(area.mean()), f"MAP@{k}": float(ap_k.mean()), f"Recall@{k}": float(recall.mean()),
+            f"Precision@{k}": float(prec_k.mean()),
+            "ROC AUC": float(np.nanmean(roc)) if not np.isnan(roc).all() else float("nan")}
 
 
 # ------------------------------------------------------------------ Elo (UIP2P supplement Sec. 3)

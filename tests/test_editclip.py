@@ -150,8 +150,9 @@ def editor():
 
 
 def test_toy_editclip_retrieves_pairs_of_the_same_edit_better_than_clip_and_clip_dir(editor):
-    """Held-out ToyWorld pairs (30 instructions x 5 scenes).  Measured MAP@10 on 40 x 5 on the
-    lent H100 right after training: EditCLIP 0.998, CLIP-Dir 0.610, CLIP 0.251; asserted with margin."""
+    """Held-out ToyWorld pairs (30 instructions x 5 scenes).  Measured MAP@10 on 40 x 5 (`editnb toy
+    eval --only editclip`, AP@10 over min(10, R)): EditCLIP 0.998, CLIP-Dir 0.420, CLIP 0.099;
+    asserted with margin."""
     from editnb.features import clip_features
 
     table = retrieval.toy_retrieval(editor.encoder, clip_features("clip", profile="toy"), groups=30)["table"]

@@ -111,9 +111,14 @@ def test_retrieval_on_a_crafted_ranking():
     out = M.retrieval_metrics(sim, rel, k=2)
     assert out["Precision@2"] == pytest.approx(0.5)
     assert out["Recall@2"] == pytest.approx(0.5)
-    assert out["MAP@2"] == pytest.approx(1.0)  # the one hit in the top 2 is at rank 1
+    # AP@2 divides by min(k, R) = 2: the hit at rank 1 (precision 1) over the two the top 2 could hold
+    assert out["MAP@2"] == pytest.approx(0.5)
     late = M.retrieval_metrics(np.array([[0.9, 0.8, 0.1]]), np.array([[False, True, True]]), k=2)
-    assert late["MAP@2"] == pytest.approx(0.5)  # its hit is at rank 2: precision 1/2
+    assert late["MAP@2"] == pytest.approx(0.25)  # its hit is at rank 2: precision 1/2, over 2
+    one = M.retrieval_metrics(np.array([[0.9, 0.8, 0.1]]), np.array([[False, True, False]]), k=2)
+    assert one["MAP@2"] == pytest.approx(0.5)  # one relevant item: min(k, R) = 1
+    tied = M.retrieval_metrics(np.array([[0.5, 0.5, 0.5]]), np.array([[False, False, True]]), k=2)
+    assert tied["MAP@2"] == 0 and tied["AUC"] == pytest.approx(1 / 3)  # ties keep the gallery's order
     assert out["ROC AUC"] == pytest.approx(0.75)  # pairs (rel, irrel): 0>1, 0>3, 2<1, 2>3
     # the supplement's AUC, the area under the precision-recall curve over the whole ranking: the
     # precision at each relevant item's rank (1 at rank 1, 2/3 at rank 3), averaged; MAP@2 stops at 2
