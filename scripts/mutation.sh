@@ -16,7 +16,9 @@ source scripts/env.sh
 python -c "import mutmut" 2>/dev/null || python -m pip install -q "mutmut==3.8.1"
 export OMP_NUM_THREADS=1 EDITNB_NO_PROGRESS=1  # one thread per mutant process: mutmut forks one per core
 prefix="${1:-editnb}"
-mkdir -p build
+mkdir -p build mutants/editnb
+# mutmut copies editnb/ without its link to the data (editnb/_data -> ../data) and copies data/ beside it
+ln -sfn ../data mutants/editnb/_data
 # mutmut draws a progress line per mutant; the log keeps it, the report below is the result
 mutmut run "${prefix}*" > build/mutation.log 2>&1 || { tail -20 build/mutation.log; exit 1; }
 python scripts/mutation_report.py "$prefix"
