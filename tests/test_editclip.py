@@ -1,7 +1,9 @@
 """EditCLIP: the 6-channel pair encoder, the same edit on other scenes, Eq. 5, retrieval metrics,
 and behaviour of the shipped toy-editclip (retrieval) and toy-editclip-ip2p (exemplar transfer)."""
 import io
+import pickle
 import time
+from pathlib import Path
 import warnings
 from types import SimpleNamespace
 
@@ -266,6 +268,40 @@ def test_editor_projection_files_are_read_as_written_and_foreign_ones_refused(tm
         editclip.load_projection(tmp_path)
     with pytest.raises(RuntimeError, match="no exemplar-editor projection"):
         editclip.load_projection(tmp_path / "empty")
+    torch.save(state, tmp_path / "image_proj_model.pt")
+    half = editclip.load_projection(tmp_path, dtype=torch.float16)
+    assert half[0].weight.dtype == torch.float16 and editclip.load_projection(tmp_path)[0].weight.dtype == torch.float32
+    # read with weights_only: a file that would run code when unpickled is refused, not executed
+    torch.save({"proj.weight": _Unpicklable()}, tmp_path / "image_proj_model.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        editclip.load_projection(tmp_path)
+
+
+class _Unpicklable:
+    """An object that only a full unpickler rebuilds (torch.load(weights_only=True) refuses it)."""
+
+
+def test_sd15_editor_projection_comes_from_the_hub_checkpoint_beside_its_unet(monkeypatch):
+    """On sd15 the projection is QWW/EditCLIP-IP2P's image_proj_model.pt, fetched (or, offline, read
+    from the local cache) beside the unet/ that models.load read; the other profiles read the folder
+    of the registry."""
+    import huggingface_hub
+
+    from editnb.methods.editclip import inference
+
+    calls = []
+
+    def fetch(repo, filename, local_files_only):
+        calls.append((repo, filename, local_files_only))
+        return f"/cache/{repo}/snapshot/{filename}"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
+    assert inference._editor_folder("sd15") == Path("/cache/QWW/EditCLIP-IP2P/snapshot")
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: True)
+    inference._editor_folder("sd15")
+    assert calls == [("QWW/EditCLIP-IP2P", "image_proj_model.pt", True), ("QWW/EditCLIP-IP2P", "image_proj_model.pt", False)]
+    assert inference._editor_folder("toy") == models.toy_path("editclip-ip2p") and len(calls) == 2
 
 
 def test_editor_refuses_a_projection_from_another_checkpoint(monkeypatch, tmp_path):

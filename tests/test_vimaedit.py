@@ -570,9 +570,9 @@ def test_trace_grounding_is_the_edit_vimaedit_runs_with_its_history_kept(monkeyp
 
     from editnb.methods.vimaedit import edit as E
 
+    defaults = inspect.signature(E.vimaedit).parameters  # vimaedit's own, before it is replaced below
     for name in ("grounding", "steps", "start"):
-        assert (inspect.signature(E.trace_grounding).parameters[name].default
-                == inspect.signature(E.vimaedit).parameters[name].default), name
+        assert inspect.signature(E.trace_grounding).parameters[name].default == defaults[name].default, name
     masks = [np.zeros((8, 8), bool), np.ones((8, 8), bool)]
     masks[0][2:5, 2:5] = True
     ground = SimpleNamespace(history=[SimpleNamespace(mask=m) for m in masks],
@@ -595,6 +595,9 @@ def test_trace_grounding_is_the_edit_vimaedit_runs_with_its_history_kept(monkeyp
     assert tr.ious == pytest.approx([1.0, 9 / 64])  # the frame left out: the 3x3 square is the true mask
     framed = E.trace_grounding("pipe", "a cat", "a dog", "img", None, true_mask=true, ignore_frame=False)
     assert framed.ious == pytest.approx([9 / (9 + 8), 17 / 64])
+    assert (seen["grounding"], seen["steps"], seen["start"]) == tuple(defaults[k].default for k in ("grounding", "steps", "start"))
+    as_levels = E.trace_grounding("pipe", "a cat", "a dog", "img", None, true_mask=true.astype(np.uint8) * 255)
+    assert as_levels.ious == pytest.approx(tr.ious)  # a 0/255 mask is read as the boolean mask
     assert E.trace_grounding("pipe", "a cat", "a dog", "img", None).ious == []
     monkeypatch.setattr(E, "vimaedit", lambda *a, **k: SimpleNamespace(found={}))
     with pytest.raises(ValueError, match="^no grounding ran: give blend words present in the prompts$"):
