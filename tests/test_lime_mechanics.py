@@ -320,3 +320,75 @@ def test_roi_at_keeps_the_cells_covered_more_than_half_and_repeats_cells_when_fi
                                          r"dilated to the 1 cell\(s\) it touches\. Draw a thicker mask"):
         cells = lime.LimeRegularizer(dot, random_ip2p.tokenizer, "make the circle blue").roi_at(2)
     assert cells.tolist() == [False, False, False, True]
+
+
+def test_the_official_schedule_by_hand():
+    """lime.ipynb runs 30 steps: the edit pass regularises apply_mask_range=[0, 26], both ends
+    included (27 steps, the last 3 free), and the localisation keeps step 10; scaled to other
+    step counts, rounding half up."""
+    assert lime.official_edit_window(30) == (0, 27)
+    assert lime.official_edit_window(20) == (0, 18)
+    assert lime.official_edit_window(25) == (0, 23)  # 22.5
+    assert lime.official_edit_window(1) == (0, 1)
+    assert lime.official_localisation_step(30) == 10
+    assert lime.official_localisation_step(20) == 7  # 6.67
+    assert lime.official_localisation_step(6) == 2
+    assert lime.official_localisation_step(1) == 0
+
+
+def _active_steps(monkeypatch):
+    seen = set()
+    active = lime.LimeRegularizer.active
+
+    def spy(self, site):
+        on = active(self, site)
+        if on:
+            seen.add(site.step)
+        return on
+
+    monkeypatch.setattr(lime.LimeRegularizer, "active", spy)
+    return seen
+
+
+def test_edit_regularises_the_official_window_unless_told_otherwise(random_ip2p, monkeypatch):
+    e = world.edit_for("test", 0, "recolor")
+    run = lambda **kw: lime.edit(random_ip2p, e.source_image(), e.instruction, mask=e.mask(), min_resolution=8,  # noqa: E731
+                                 generator=torch.Generator().manual_seed(0), **kw)
+    seen = _active_steps(monkeypatch)
+    run(steps=10)
+    assert seen == set(range(9))  # 27/30 of 10 steps: 0-8, the last step free
+    for window, steps, want in ((None, 4, {0, 1, 2, 3}), ((1, 3), 4, {1, 2})):
+        seen.clear()
+        run(steps=steps, step_range=window)
+        assert seen == want
+    for bad, message in (("every", "step_range is 'official'"), ((3, 1), r"needs 0 <= start < end, got \(3, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            run(steps=4, step_range=bad)
+
+
+def test_official_localisation_reads_one_step_and_stops_there(random_ip2p, monkeypatch):
+    """reading="official": features and cross-attention of step official_localisation_step(steps)
+    only (step 2 of 6), and the pass ends after it."""
+    asked = set()
+    wants = lime._FeatureCollector.wants
+
+    def spy(self, site):
+        needs = wants(self, site)
+        if needs:
+            asked.add(site.step)
+        return needs
+
+    monkeypatch.setattr(lime._FeatureCollector, "wants", spy)
+    calls = []
+    hook = random_ip2p.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    e = world.edit_for("test", 1, "recolor")
+    try:
+        loc = lime.localise(random_ip2p, e.source_image(), e.instruction, n_clusters=3, steps=6, reading="official",
+                            generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert asked == {2} and len(calls) == 3 and loc.first_pass is None
+    with pytest.raises(ValueError, match="reading is 'mean'"):
+        lime.localise(random_ip2p, e.source_image(), e.instruction, reading="last")
+    with pytest.raises(ValueError, match="feature_steps applies to reading='mean'"):
+        lime.localise(random_ip2p, e.source_image(), e.instruction, reading="official", feature_steps=2)

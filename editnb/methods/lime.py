@@ -57,6 +57,24 @@ just again back""".split())
 # steps, not many of them.  This keeps LIME near 1.25x the edit pass plus KMeans.  (Measured with the
 # earlier features: self-attention outputs averaged per resolution, RoI from every cross-attention level.)
 LOCALISATION_STEPS = 5
+# The official code's schedule (lime.ipynb, 30 steps): the edit pass regularises steps 0-26
+# (``apply_mask_range=[0, 26]``, both ends included), the last 3 steps run unregularised; its
+# localisation pass keeps the features and cross-attention of one step, step 10 (its attention store
+# keeps only the last step it recorded).  Scaled to other step counts by these shares.
+OFFICIAL_EDIT_SHARE = 27 / 30
+OFFICIAL_LOCALISATION_STEP = 10 / 30
+
+
+def official_edit_window(steps: int) -> tuple[int, int]:
+    """The steps [0, end) the official edit pass regularises: its first 27 of 30, scaled to `steps`
+    (18 of 20, 45 of 50); at least one."""
+    return 0, max(1, math.floor(steps * OFFICIAL_EDIT_SHARE + 0.5))
+
+
+def official_localisation_step(steps: int) -> int:
+    """The one step (0-based) of a `steps`-step pass whose features and attention the official code
+    localises with: step 10 of 30, scaled (7 of 20)."""
+    return min(steps - 1, math.floor(steps * OFFICIAL_LOCALISATION_STEP + 0.5))
 INSTRUCTION_VERBS = frozenset("""make turn change add remove put paint replace move let have give place set
 convert transform swap delete erase insert color colour recolor recolour draw show become get take keep""".split())
 
@@ -121,21 +139,22 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 class _FeatureCollector(AttentionStore):
-    """During the first `steps` denoising steps, records the OUTPUTS of the attention modules
+    """During denoising steps [first_step, steps), records the OUTPUTS of the attention modules
     (self and cross) of the image-conditioned branch at the feature resolutions, per layer, and the
     cross-attention probabilities of the text-conditioned branch at the RoI resolutions; asks for
     nothing else."""
 
     guess = IP2P  # without a published layout: InstructPix2Pix's [text+image, image only, none]
 
-    def __init__(self, resolutions, roi_resolutions, steps: int):
+    def __init__(self, resolutions, roi_resolutions, steps: int, first_step: int = 0):
         super().__init__(kinds=("cross",), device=None, where=lambda site: site.resolution in self.roi_resolutions)
         self.resolutions, self.roi_resolutions, self.feature_steps = set(resolutions), set(roi_resolutions), steps
+        self.first_step = first_step
         self.features: dict[str, list[torch.Tensor]] = {}  # layer -> one (queries, C) output per step
         self.feature_sites: dict[str, Site] = {}
 
     def wants(self, site):
-        if site.step >= self.feature_steps:
+        if not self.first_step <= site.step < self.feature_steps:
             return NOTHING
         needs = NOTHING
         if site.resolution in self.resolutions:
@@ -213,7 +232,7 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
              distance_threshold: float = 0.5, resolutions=None, size: int | None = None, steps: int = 20,
              text_guidance: float = 5.5, image_guidance: float = 1.5, generator=None, top_clusters: int = 1,
              seed: int = 0, feature_steps: int | None = None, roi_resolutions=None,
-             feature_merge: str = "concat") -> Localisation:
+             feature_merge: str = "concat", reading: str = "mean") -> Localisation:
     """LIME's edit localisation (Sec. 4.1): segmentation by clustering multi-resolution features,
     RoI = the cluster(s) holding the highest attention of the relevant tokens.
 
@@ -229,12 +248,21 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
     and the layers at `roi_resolutions` (default: all but the finest, see
     :func:`_default_roi_resolutions`), upsampled to `size`.
 
-    Features and attention are averaged over the steps of a `steps`-step schedule, or over its
-    first `feature_steps` only, where the pass then stops (as the official code records in an
-    early step range; ``first_pass``, the finished image, is then None)."""
+    ``reading="mean"`` (the course's): features and attention averaged over the steps of a
+    `steps`-step schedule, or over its first `feature_steps` only, where the pass then stops
+    (``first_pass``, the finished image, is then None).  ``reading="official"``: the official code's
+    single step, :func:`official_localisation_step` of the schedule (step 10 of 30), where the pass
+    stops; `feature_steps` does not apply.  On toy-ip2p the course's 5-step average localises better
+    (see ``LOCALISATION_STEPS`` and chapter 03, which measures both)."""
     if feature_merge not in ("concat", "mean"):
         raise ValueError(f"feature_merge is 'concat' (every layer its own channels, the official code) or "
                          f"'mean' (layers of a resolution averaged, less memory), got {feature_merge!r}")
+    if reading not in ("mean", "official"):
+        raise ValueError(f"reading is 'mean' (features averaged over the recorded steps, the course's) or "
+                         f"'official' (one step, step 10 of 30 scaled, the official code's), got {reading!r}")
+    if reading == "official" and feature_steps is not None:
+        raise ValueError("feature_steps applies to reading='mean'; the official reading takes one step, "
+                         "official_localisation_step(steps); leave feature_steps out or use reading='mean'")
     tokens, words = relevant_tokens(pipe.tokenizer, instruction)
     levels = _levels(pipe.unet)
     resolutions = sorted(resolutions or _default_resolutions(pipe.unet))
@@ -244,10 +272,11 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
         if missing:
             raise ValueError(f"{name} {missing} are not levels of this UNet; it has {levels}")
     size = size or 2 * latent_side(pipe.unet)  # 128 for SD's 64x64 latents, as the official code
-    feature_steps = steps if feature_steps is None else min(steps, feature_steps)
+    first_step = official_localisation_step(steps) if reading == "official" else 0
+    feature_steps = first_step + 1 if reading == "official" else steps if feature_steps is None else min(steps, feature_steps)
     if feature_steps < 1:
         raise ValueError(f"feature_steps is a number of denoising steps >= 1, got {feature_steps}")
-    collector = _FeatureCollector(resolutions, roi_resolutions, feature_steps)
+    collector = _FeatureCollector(resolutions, roi_resolutions, feature_steps, first_step)
 
     def stop(i, t, latents):
         if i + 1 >= feature_steps < steps:
@@ -330,7 +359,8 @@ class LimeRegularizer(Controller):
 
     ``roi`` is a boolean mask of any square size; it is resized (area average > 0.5) to each
     layer's resolution.  Applies to cross-attention layers with resolution >= `min_resolution`
-    during steps [start, end) of `step_range` (None: every step, the official edit pass).
+    during steps [start, end) of `step_range` (None: every step; the official edit pass regularises
+    its first 27 of 30 steps, see :func:`official_edit_window`).
     Eq. 3 suppresses :func:`unrelated_tokens` (start token, stop words, padding); Eq. 4 rewards
     :func:`relevant_tokens`.  ``branch`` (e.g. "target") restricts it to the rows of one edit
     branch of the published batch layout, in every guidance branch: LIME inside a dual-branch
@@ -433,6 +463,22 @@ def regularised_resolution(unet) -> int:
     return latent // 2 ** (math.ceil(levels / 2) - 1)
 
 
+def _edit_window(step_range, steps: int):
+    """``"official"`` -> :func:`official_edit_window`; None (every step) and (start, end) as given,
+    checked before any compute."""
+    if isinstance(step_range, str):
+        if step_range != "official":
+            raise ValueError(f"step_range is 'official' (the first 27/30 of the steps), None (every step) or "
+                             f"(start, end), got {step_range!r}")
+        return official_edit_window(steps)
+    if step_range is not None:
+        start, end = step_range
+        if not 0 <= start < end:
+            raise ValueError(f"step_range (start, end) needs 0 <= start < end, got {tuple(step_range)}; "
+                             f"the steps are 0 to {steps - 1}")
+    return step_range
+
+
 def _check_mask(mask, pipe) -> np.ndarray:
     from ..images import as_mask, model_resolution
 
@@ -446,17 +492,19 @@ def _check_mask(mask, pipe) -> np.ndarray:
 
 def edit(pipe, image, instruction: str, mask=None, localisation: Localisation | None = None,
          n_clusters: int = 8, clustering: str = "kmeans", distance_threshold: float = 0.5, mode: str = "unrelated",
-         text_guidance: float = 2.0, image_guidance: float = 1.5, steps: int = 20, step_range=None,
+         text_guidance: float = 2.0, image_guidance: float = 1.5, steps: int = 20, step_range="official",
          min_resolution: int | None = None, generator=None, seed: int = 0,
          localisation_steps: int = LOCALISATION_STEPS, localisation_options: dict | None = None) -> diffusion.Result:
     """LIME: localise (or take a user `mask`, the "GT mask" rows of Table 4), then edit with the
     attention regularised inside the RoI.  The localisation pass runs a `localisation_steps`-step
     schedule (see LOCALISATION_STEPS; `localisation_options` go to :func:`localise`, e.g.
-    ``feature_merge``, ``roi_resolutions``, ``feature_steps``), the edit `steps`, regularised at
-    every step (``step_range=None``) or only in steps [start, end).  Returns a Result: ``image``,
+    ``feature_merge``, ``roi_resolutions``, ``feature_steps``, ``reading``), the edit `steps`,
+    regularised in the official window (``step_range="official"``: the first 27 of 30 steps, scaled,
+    see :func:`official_edit_window`), at every step (None) or in steps [start, end).  Returns a Result: ``image``,
     ``masks["roi"]`` (the RoI the regularisation used, at its own size) and
     ``found["localisation"]`` (the Localisation, or None with a user mask)."""
     diffusion.check_generator(generator)
+    step_range = _edit_window(step_range, steps)
     if mask is not None:
         roi, loc = _check_mask(mask, pipe), None
         relevant_tokens(pipe.tokenizer, instruction)
@@ -479,7 +527,7 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, roi, mode: st
                      cross_replace: float = 0.8, self_replace: float = 0.4, equalizer: dict | None = None,
                      blend_words=None, guidance: float = 7.5, steps: int = 50, generator=None, image=None,
                      inversion: str = "direct", scheduler: str = "ddim", lime_mode: str = "unrelated",
-                     min_resolution: int | None = None, step_range=None) -> diffusion.Result:
+                     min_resolution: int | None = None, step_range="official") -> diffusion.Result:
     """LIME's edit application inside Prompt-to-Prompt (Sec. A.1, Fig. 8): P2P's controller as in
     :func:`editnb.methods.p2p.prompt_to_prompt` (same arguments), plus :class:`LimeRegularizer` on
     the TARGET branch only, inside `roi` (a square boolean mask; LIME's localisation needs an
@@ -491,9 +539,11 @@ def prompt_to_prompt(pipe, source_prompt: str, target_prompt: str, roi, mode: st
     ``cross_replace`` of the steps; every token in a word swap, the shared words in a refinement),
     the injected maps are the source's, unregularised; LIME shapes the target's own maps after
     that window and the new words' maps throughout.  The source branch is never touched.
+    `step_range` as in :func:`edit` (the official window by default).
     Returns P2P's Result (images [source, target]) with ``masks["roi"]``."""
     from . import p2p
 
+    step_range = _edit_window(step_range, steps)
     roi = np.asarray(roi, bool)
     reg = LimeRegularizer(roi, pipe.tokenizer, target_prompt, mode=lime_mode,
                           min_resolution=min_resolution or regularised_resolution(pipe.unet), step_range=step_range,
