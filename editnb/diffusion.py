@@ -432,20 +432,23 @@ def direct_inversion(trajectory, steps: int):
 
 
 def reconstruct(pipe, trajectory, prompt: str = "", steps: int | None = None, guidance: float = 1.0,
-                direct: bool = False) -> Result:
+                direct: bool = False, keep_trajectory: bool = False) -> Result:
     """Denoise the inverted latent z_T back to an image with the same prompt.
 
     ``direct=True`` is Direct Inversion (Ju et al. 2024, "PnP Inversion"): after each step the
     latent is put back on the inversion trajectory (the stored per-step offset is added), so
     reconstruction is exact up to the VAE, and in a dual-branch edit the source branch stays on it.
+    ``keep_trajectory``: ``Result.trajectory`` is [z_T, latent after step 1, ..., z_0], the inversion's
+    `trajectory` reversed when nothing drifts (the drift per step is their difference).
     """
     steps = steps or len(trajectory) - 1
     if len(trajectory) != steps + 1:
         raise ValueError(f"the trajectory has {len(trajectory) - 1} steps, not {steps}")
     c = _text_conditioning(pipe, prompt, trajectory[0].shape[0], guidance)
     on_step = direct_inversion(trajectory, steps) if direct else None
-    z, _ = denoise(pipe, trajectory[-1], c, steps=steps, scheduler="ddim", on_step=on_step)
-    return Result(decode(pipe, z), z)
+    z, path = denoise(pipe, trajectory[-1], c, steps=steps, scheduler="ddim", on_step=on_step,
+                      keep_trajectory=keep_trajectory)
+    return Result(decode(pipe, z), z, trajectory=path)
 
 
 def psnr(a, b) -> float:

@@ -157,9 +157,13 @@ def test_ddim_inversion_round_trip_is_close(random_pipe):
     img = Image.new("RGB", (64, 64), (200, 30, 30))
     traj = diffusion.ddim_invert(random_pipe, img, PROMPT, steps=10)
     assert len(traj) == 11
-    direct = diffusion.reconstruct(random_pipe, traj, PROMPT, direct=True)
+    direct = diffusion.reconstruct(random_pipe, traj, PROMPT, direct=True, keep_trajectory=True)
     assert torch.allclose(direct.latents, traj[0])
     assert np.asarray(direct.image).shape == (64, 64, 3)  # the decoded image comes with the latent
+    # Direct Inversion puts every step back on the inversion trajectory: the kept path is that trajectory reversed
+    assert len(direct.trajectory) == 11
+    assert all(torch.equal(a, b) for a, b in zip(direct.trajectory, reversed(traj)))
+    assert diffusion.reconstruct(random_pipe, traj, PROMPT).trajectory == []  # kept only when asked
 
 
 def test_reconstruct_defaults_to_plain_ddim_with_the_empty_prompt_and_no_guidance(random_pipe):

@@ -53,3 +53,22 @@ def test_a_raising_cell_names_itself_and_its_error(tmp_path):
         execute_notebook(nb, cwd=tmp_path)
     assert failed.value.cell_index == 2
     assert nb.cells[1].outputs[0]["text"] == "one\ntwo\n"  # one stream output, in order
+
+
+def test_chapter_map_times_a_chapter_from_its_first_cell_started_to_its_last_cell_done(tmp_path):
+    import json
+
+    from editnb.chapters import CHAPTER_MAP, chapter_map
+
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": []},
+             {"cell_type": "code", "metadata": {"execution": {"iopub.execute_input": "2026-01-01T10:00:05.000Z",
+                                                              "shell.execute_reply": "2026-01-01T10:00:07.500Z"}}},
+             {"cell_type": "code", "metadata": {"execution": {"iopub.execute_input": "2026-01-01T10:00:07.600Z",
+                                                              "shell.execute_reply": "2026-01-01T10:01:05.250Z"}}}]
+    (tmp_path / "03_lime.ipynb").write_text(json.dumps({"cells": cells}))
+    (tmp_path / "04_vimaedit.ipynb").write_text(json.dumps({"cells": cells[:1]}))  # never executed
+    rows = {r["chapter"]: r for r in chapter_map(tmp_path)}
+    assert list(rows) == list(CHAPTER_MAP)
+    assert rows["03"]["seconds"] == 60.25 and rows["03"]["title"] == "LIME"
+    assert rows["04"]["seconds"] is None and rows["00"]["seconds"] is None  # no timings; no notebook
+    assert all(r["seconds"] is None for r in chapter_map(tmp_path / "absent"))  # a wheel install: no notebooks
