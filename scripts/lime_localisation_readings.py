@@ -13,16 +13,9 @@ import argparse
 import numpy as np
 import torch
 
-from editnb import metrics, models
-from editnb.chapters import mask_at
+from editnb import models
 from editnb.methods import lime
 from editnb.toy import world
-
-READINGS = {
-    f"course: mean over a {lime.LOCALISATION_STEPS}-step pass": dict(steps=lime.LOCALISATION_STEPS),
-    "official: step 7 of a 20-step pass": dict(steps=20, reading="official"),
-    "official: step 10 of a 30-step pass": dict(steps=30, reading="official"),
-}
 
 
 def main():
@@ -34,12 +27,8 @@ def main():
     pipe = models.load("ip2p", profile="toy", device="cpu", dtype=torch.float32)
     edits = [world.edit_for("test", args.start + i, args.kind) for i in range(args.n)]
     print(f"RoI IoU with the exact mask, {args.n} held-out {args.kind} edits (test scenes {args.start}+), toy-ip2p")
-    for name, options in READINGS.items():
-        ious = []
-        for e in edits:
-            loc = lime.localise(pipe, e.source_image(), e.instruction, generator=torch.Generator().manual_seed(0),
-                                **options)
-            ious.append(metrics.mask_iou(mask_at(loc.roi, e.mask().shape), e.mask()))
+    for name, options in lime.READINGS.items():
+        ious = lime.roi_ious(pipe, edits, **options)
         print(f"  {name:<40} {np.mean(ious):.3f} (sd {np.std(ious):.3f})")
 
 

@@ -392,3 +392,25 @@ def test_official_localisation_reads_one_step_and_stops_there(random_ip2p, monke
         lime.localise(random_ip2p, e.source_image(), e.instruction, reading="last")
     with pytest.raises(ValueError, match="feature_steps applies to reading='mean'"):
         lime.localise(random_ip2p, e.source_image(), e.instruction, reading="official", feature_steps=2)
+
+
+def test_roi_iou_upsamples_the_roi_by_nearest_neighbour_and_compares_with_the_exact_mask(monkeypatch):
+    """A 4x4 RoI against an 8x8 mask: each RoI cell covers 2x2 pixels.  RoI cells (0, 0) and (0, 1)
+    -> pixels rows 0-1, columns 0-3 (8 px); the mask: rows 0-1, columns 2-5 (8 px); overlap 4 px,
+    union 12: IoU 1/3.  The localisation options reach localise, seeded per edit."""
+    from types import SimpleNamespace
+
+    roi = np.zeros((4, 4), bool)
+    roi[0, :2] = True
+    mask = np.zeros((8, 8), bool)
+    mask[0:2, 2:6] = True
+    seen = []
+
+    def fake_localise(pipe, image, instruction, generator=None, **options):
+        seen.append((instruction, options, generator.initial_seed()))
+        return SimpleNamespace(roi=roi)
+
+    monkeypatch.setattr(lime, "localise", fake_localise)
+    edit = SimpleNamespace(source_image=lambda: None, instruction="make the circle blue", mask=lambda: mask)
+    assert lime.roi_ious(None, [edit, edit], seed=3, steps=5, reading="official") == pytest.approx([1 / 3, 1 / 3])
+    assert seen == [("make the circle blue", {"steps": 5, "reading": "official"}, 3)] * 2
