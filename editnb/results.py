@@ -9,7 +9,9 @@ key that names everything the numbers depend on:
 - the source of every ``editnb`` module loaded when the measurement ended (its syntax tree without
   docstrings, so an edited comment keeps the key; code that the measurement reached but that is
   not loaded yet must be called from a loaded module, whose source then changes);
-- every file under ``data/`` except ``data/results/`` (the models, the benchmarks);
+- every file under ``data/`` except ``data/results/`` and ``data/bench/results/`` (what the chapters
+  and the benchmark runs wrote: outputs, which no measurement reads; the models and the benchmarks'
+  items are the inputs);
 - the source of the function that computes the result and of the same-module functions it
   calls, and its settings;
 - the profile (only the toy profile is kept: sd15's weights live outside ``data/``).
@@ -75,10 +77,16 @@ def loaded_modules() -> list[str]:
 _FILE_DIGESTS: dict[tuple, str] = {}
 
 
-def data_digest(root: Path, skip: str = "results") -> str:
-    """SHA-256 over every file under `root` (names and contents) except the folder `skip`."""
+#: folders of data/ that hold outputs (the stored results, the committed benchmark runs), not inputs
+OUTPUTS = (("results",), ("bench", "results"))
+
+
+def data_digest(root: Path, skip=OUTPUTS) -> str:
+    """SHA-256 over every file under `root` (names and contents) except those under the folders
+    `skip` (each a tuple of path parts relative to `root`)."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != skip):
+    kept = lambda p: not any(p.relative_to(root).parts[:len(s)] == s for s in skip)  # noqa: E731
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and kept(p)):
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in _FILE_DIGESTS:  # hashing 50 MB of weights once per process is enough

@@ -130,3 +130,19 @@ def test_a_changed_editnb_module_measures_again(data):
     path.write_text(json.dumps(record))
     results.measured("t", compute, profile="toy", n=2)
     assert compute.calls == 2
+
+
+def test_outputs_under_data_do_not_change_the_key_but_benchmark_items_do(data):
+    """A benchmark run written to data/bench/results/ (an output) keeps every stored result; a changed
+    benchmark item under data/bench/toy-pie/ (an input) or a model measures again."""
+    compute = Counter()
+    results.measured("t", compute, profile="toy", n=2)
+    (data / "bench" / "results" / "ip2p").mkdir(parents=True)
+    (data / "bench" / "results" / "ip2p" / "run.json").write_text("{}")
+    (data / "results" / "other.json").write_text("{}")
+    results.measured("t", compute, profile="toy", n=2)
+    assert compute.calls == 1
+    (data / "bench" / "toy-pie").mkdir(parents=True)
+    (data / "bench" / "toy-pie" / "mapping_file.json").write_text("{}")
+    results.measured("t", compute, profile="toy", n=2)
+    assert compute.calls == 2

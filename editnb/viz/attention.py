@@ -243,7 +243,7 @@ def threshold_masks(image, value_map, thresholds, exact=None, label: str = "map"
 
     img = to_numpy(image)
     m = np.asarray(value_map, np.float32)
-    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(size * (len(thresholds) + 1) + 0.6, size + 0.4))
+    fig, axes = plt.subplots(1, len(thresholds) + 1, figsize=(size * 1.25 * (len(thresholds) + 1) + 0.6, size + 0.8))
     artist = _map_over_grey(axes[0], img, m)
     axes[0].set_title(label, fontsize=8)
     truth = None if exact is None else np.asarray(exact, bool)
@@ -254,15 +254,15 @@ def threshold_masks(image, value_map, thresholds, exact=None, label: str = "map"
         iou = None if truth is None else mask_iou(mask, truth)
         found[thr] = (float(mask.mean()), iou)
         ax.imshow(mask_on_grey(img, mask), interpolation="nearest")
-        ax.set_title(f"> {thr:g}: {mask.mean():.0%} of the image" + ("" if iou is None else f"\nIoU with the true mask {iou:.2f}"),
+        ax.set_title(f"> {thr:g}: {mask.mean():.0%} of the image" + ("" if iou is None else f"\nIoU {iou:.2f} with the true mask"),
                      fontsize=7)
     for ax in axes:
         if truth is not None:
             ax.contour(truth.astype(float), levels=[0.5], colors="white", linewidths=0.8)
         ax.set_xticks([])
         ax.set_yticks([])
-    # the map's colourbar on its left, clear of the mask panels' titles
-    bar = fig.colorbar(artist, ax=axes[0], location="left", fraction=0.05, pad=0.04)
+    # the map's colourbar under it, clear of every panel's title
+    bar = fig.colorbar(artist, ax=axes[0], location="bottom", fraction=0.06, pad=0.04)
     bar.set_label("scaled to its maximum", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     return fig, found
