@@ -226,8 +226,8 @@ def mask_at(mask, shape: tuple[int, int]) -> np.ndarray:
 #: the course's chapters: title, what each teaches
 CHAPTER_MAP = {
     "00": ("ToyWorld", "the synthetic world, its exact masks and oracle, and the toy models every chapter runs on"),
-    "01": ("Foundations", "VAE, DDIM, classifier-free guidance, SDEdit, InstructPix2Pix, DDIM and Direct Inversion, "
-                          "cross- and self-attention, Prompt-to-Prompt"),
+    "01": ("Foundations", "VAE, DDIM, classifier-free guidance, SDEdit, InstructPix2Pix, inversion, attention, "
+                          "Prompt-to-Prompt"),
     "02": ("iEdit", "pseudo-paired data by retrieval, CLIPSeg masks, the fine-tuning loss (Eq. 2-12), masked inference "
                     "(Eq. 13)"),
     "03": ("LIME", "edit localisation by clustering the editor's features, attention regularisation (Eq. 3-4)"),

@@ -8,7 +8,8 @@ CARD_DESCRIPTIONS = {
     "clip": "CLIPModel (text and vision towers) trained contrastively on ToyWorld images and captions; "
             "one token per word (hand-made BPE vocabulary).",
     "sd": "Text-to-image StableDiffusionPipeline: UNet2DConditionModel on 16x16 latents with self- and "
-          "cross-attention at 16x16 and 8x8, toy-vae, toy-clip's text tower, DDIM.",
+          "cross-attention at 16x16 and 8x8, toy-vae, toy-clip's text tower, DDIM; the decoder's 16x16 "
+          "self-attention taught to stay within objects (see History).",
     "ip2p": "StableDiffusionInstructPix2PixPipeline: 8-channel UNet (noisy latent + source latent) trained "
             "on ToyWorld edit triplets with the instruction as text, started from toy-sd.",
     "ip-adapter": "IP-Adapter for toy-sd (image projection to 4 tokens + decoupled cross-attention), "

@@ -35,6 +35,10 @@ MODELS = tuple(TASKS)
 RECIPES = {
     "vae": Recipe(steps=1200, batch_size=16, lr=1e-3),
     "clip": Recipe(steps=1200, batch_size=128, lr=5e-4, weight_decay=0.05),
+    # The shipped toy-sd: this recipe, then continued on the CPU in four runs at batch 32, lr 1e-3, with the
+    # object-attention objective on the decoder's 16x16 self-attention alone (`--option object_attention=1.0
+    # --option train_only='["up_blocks.1.*.attn1"]'`; 1400 steps at attention_max_t 0.7, 400 at 0.95, 600
+    # at 1.0; the card says why).
     "sd": Recipe(steps=3900, batch_size=128, lr=7e-4, ema_decay=0.999,
                  options={**dict.fromkeys(arch.UNET_SHAPE), "object_attention": 0.0, "word_attention": 0.0,
                           "attention_sigma": None, "attention_max_t": 0.7, "train_only": None}),
