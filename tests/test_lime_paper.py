@@ -27,3 +27,13 @@ def test_pie_bench_table_uses_the_benchmark_runners_columns():
     ip2p, lime = t.loc["IP2P"], t.loc["IP2P + LIME"]
     assert all(tables.better(c, lime[c], ip2p[c]) for c in list(t.columns)[:5])
     assert not tables.better("CLIP edited ↑", lime["CLIP edited ↑"], ip2p["CLIP edited ↑"])
+
+
+def test_table_3_shares_plain_ip2p_with_table_7_and_lime_improves_hive_on_every_metric():
+    """Table 3's IP2P row is Table 7's; the supplement's reading: LIME inside HIVE is better than HIVE on
+    all five MagicBrush metrics, without MagicBrush fine-tuning and with it (lower L1/L2, higher rest)."""
+    assert lime_paper.TABLE_3["IP2P"] == lime_paper.TABLE_7["IP2P"]
+    t = lime_paper.table(lime_paper.TABLE_3)
+    for base in ("HIVE", "HIVE w/MB"):
+        plain, limed = t.loc[base], t.loc[base + " + LIME"]
+        assert (limed[["L1", "L2"]] <= plain[["L1", "L2"]]).all() and (limed[["CLIP-I", "DINO", "CLIP-T"]] > plain[["CLIP-I", "DINO", "CLIP-T"]]).all()
