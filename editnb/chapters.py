@@ -212,17 +212,6 @@ _TOY = {"01": _toy_01, "02": _toy_02, "03": _toy_03, "04": _toy_04, "06": _toy_0
 _PHOTO = {"01": _photo_01, "02": _photo_02, "03": _photo_03, "04": _photo_04, "06": _photo_06}
 
 
-def mask_at(mask, shape: tuple[int, int]) -> np.ndarray:
-    """A boolean mask of one grid (a feature map's RoI, a latent mask) at another size, nearest
-    neighbour: each output pixel takes the cell it falls in, so an exact 2x upscale repeats every
-    cell 2x2."""
-    import torch
-    import torch.nn.functional as F
-
-    m = torch.from_numpy(np.asarray(mask, bool)).float()[None, None]
-    return F.interpolate(m, size=tuple(shape), mode="nearest")[0, 0].numpy() > 0.5
-
-
 #: the course's chapters: title, what each teaches
 CHAPTER_MAP = {
     "00": ("ToyWorld", "the synthetic world, its exact masks and oracle, and the toy models every chapter runs on"),

@@ -272,6 +272,17 @@ def as_mask(mask, shape: tuple[int, int] | None = None) -> np.ndarray:
     return out
 
 
+def mask_at(mask, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean mask of one grid (a feature map's RoI, a latent mask) at another size, nearest
+    neighbour: each output pixel takes the cell it falls in, so an exact 2x upscale repeats every
+    cell 2x2."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.asarray(mask, bool)).float()[None, None]
+    return F.interpolate(m, size=tuple(shape), mode="nearest")[0, 0].numpy() > 0.5
+
+
 def upscale(image, size: int = 256) -> Image.Image:
     """Nearest-neighbour upscaling for display: keeps 64x64 pixels crisp and notebooks small."""
     pil = load_image(image)

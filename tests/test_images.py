@@ -91,3 +91,13 @@ def test_overlay_draws_the_mask_on_a_grey_underlay_in_a_colour_of_its_own():
     assert tuple(viz.MASK_COLOUR) not in {tuple(c) for c in world.COLORS.values()} | {tuple(c) for c in world.BACKGROUNDS.values()}
     with pytest.raises(ValueError, match="does not match"):
         viz.overlay(img, mask[:-1])
+
+
+def test_mask_at_repeats_each_cell_when_upscaling_and_picks_the_cell_each_pixel_falls_in():
+    from editnb.images import mask_at
+
+    m = np.array([[1, 0], [0, 1]], bool)
+    assert np.array_equal(mask_at(m, (4, 4)), np.kron(m, np.ones((2, 2), bool)))  # each cell 2x2
+    # 3 pixels from 2 cells, nearest: pixel i takes cell floor(i * 2 / 3) -> cells 0, 0, 1
+    assert np.array_equal(mask_at(m, (3, 3)), m[np.ix_([0, 0, 1], [0, 0, 1])])
+    assert np.array_equal(mask_at(np.kron(m, np.ones((2, 2), bool)), (2, 2)), m)  # and back down

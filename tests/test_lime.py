@@ -44,10 +44,11 @@ def test_lime_changes_less_outside_the_mask_than_ip2p_on_removal_edits():
     assert np.mean(limed) < 0.8 * np.mean(plain), f"outside the mask: LIME {np.mean(limed):.2f} vs IP2P {np.mean(plain):.2f}"
 
 
-def test_lime_clustering_is_kmeans_with_three_starts_or_average_linkage_on_cosine_distance():
+def test_lime_clustering_is_kmeans_with_one_start_or_average_linkage_on_cosine_distance():
     """Sec. A.7.2's agglomerative clustering: average linkage on cosine distance, merging while the
     distance stays under 1 - threshold: the same partition as scikit-learn's own cosine metric on the
-    raw (not normalised) features; KMeans: editnb's kmeans with 3 initialisations and the given seed."""
+    raw (not normalised) features; KMeans: editnb's kmeans with one initialisation (the official code's
+    n_init=1) and the given seed."""
     from sklearn.cluster import AgglomerativeClustering
 
     from editnb.clustering import kmeans
@@ -63,11 +64,21 @@ def test_lime_clustering_is_kmeans_with_three_starts_or_average_linkage_on_cosin
         same = (ours[:, None] == ours[None]) == (ref[:, None] == ref[None])
         assert same.all(), threshold
     for seed in (0, 1):
-        expected = kmeans(torch.tensor(x), 5, n_init=3, seed=seed).numpy()
+        expected = kmeans(torch.tensor(x), 5, n_init=1, seed=seed).numpy()
         assert np.array_equal(cluster(x, n_clusters=5, seed=seed), expected)
-    assert np.array_equal(cluster(x, n_clusters=5), kmeans(torch.tensor(x), 5, n_init=3, seed=0).numpy())  # seed 0 by default
+    assert np.array_equal(cluster(x, n_clusters=5), kmeans(torch.tensor(x), 5, n_init=1, seed=0).numpy())  # seed 0 by default
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match=rf"^the threshold is in \(0, 1\), got {bad}$"):
             cluster(x, method="agglomerative", distance_threshold=bad)
     with pytest.raises(ValueError, match=r"^clustering method must be 'kmeans' or 'agglomerative', got 'dbscan'$"):
         cluster(x, method="dbscan")
+
+
+def test_lime_kmeans_runs_one_initialisation_as_the_official_code(monkeypatch):
+    """The official localisation clusters with a GPU KMeans and ``n_init=1``: one k-means++ seeding."""
+    from editnb.methods import lime
+
+    asked = []
+    monkeypatch.setattr(lime, "kmeans", lambda x, k, n_init, seed: asked.append((k, n_init)) or torch.zeros(len(x), dtype=torch.long))
+    lime.cluster(np.eye(6), n_clusters=3)
+    assert asked == [(3, 1)]

@@ -143,11 +143,25 @@ def test_localisation_stops_after_its_feature_steps(random_ip2p):
                             generator=torch.Generator().manual_seed(0))
     finally:
         hook.remove()
-    assert len(calls) == 2 and loc.first_pass is None  # two UNet calls, then the pass stopped
+    assert len(calls) == 2  # two UNet calls, then the pass stopped
     assert set(loc.segments_by_resolution) == {8, 16}  # clustered on demand from the kept features
     again = lime.recluster(loc, n_clusters=3)
     assert np.array_equal(again.segments, loc.segments)
     assert np.array_equal(again.roi, loc.roi) and again.chosen == loc.chosen
+
+
+def test_a_whole_localisation_pass_runs_its_steps_and_decodes_no_image(random_ip2p):
+    unet_calls, decodes = [], []
+    hooks = [random_ip2p.unet.register_forward_pre_hook(lambda *a: unet_calls.append(1)),
+             random_ip2p.vae.decoder.register_forward_pre_hook(lambda *a: decodes.append(1))]
+    e = world.edit_for("test", 1, "recolor")
+    try:
+        lime.localise(random_ip2p, e.source_image(), e.instruction, n_clusters=3, steps=3,
+                      generator=torch.Generator().manual_seed(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(unet_calls) == 3 and decodes == []  # LIME needs the features, not the first pass's picture
 
 
 def test_recluster_is_the_clustering_of_the_kept_features_and_its_roi(random_ip2p):
@@ -387,7 +401,7 @@ def test_official_localisation_reads_one_step_and_stops_there(random_ip2p, monke
                             generator=torch.Generator().manual_seed(0))
     finally:
         hook.remove()
-    assert asked == {2} and len(calls) == 3 and loc.first_pass is None
+    assert asked == {2} and len(calls) == 3
     with pytest.raises(ValueError, match="reading is 'mean'"):
         lime.localise(random_ip2p, e.source_image(), e.instruction, reading="last")
     with pytest.raises(ValueError, match="feature_steps applies to reading='mean'"):

@@ -42,7 +42,7 @@ from ..attention import AttentionStore, Controller, attach
 from ..attention.controller import BIAS, IP2P, NOTHING, OUTPUT, PROBS, Chain, Site, layout_of
 from ..attention.words import word_tokens
 from ..clustering import kmeans
-from ..images import latent_side
+from ..images import latent_side, mask_at
 from ..runtime import check_n_clusters
 
 STOP_WORDS = frozenset("""a an the and or of to in on at into onto with by for from as is are be it its this that
@@ -119,7 +119,6 @@ class Localisation:
     roi: np.ndarray                 # (S, S) bool: the chosen cluster(s)
     chosen: list                    # chosen cluster ids
     relevant_words: list
-    first_pass: object = None       # the first pass's edited image, when it ran to the end (plain IP2P, s_T = 5.5)
     features: np.ndarray | None = None  # (S*S, C) the clustered features, kept for re-clustering
     channels: dict = field(default_factory=dict)  # {res: (start, stop)}: that resolution's columns of `features`
     clustering: dict = field(default_factory=dict)  # the localisation pass's arguments of `cluster`
@@ -201,16 +200,21 @@ def _default_roi_resolutions(unet) -> list[int]:
     return [r for r in levels if r != latent_side(unet)] or levels
 
 
+#: KMeans runs from one k-means++ seeding, as the official code (GPU KMeans with ``n_init=1``); three
+#: seedings cost LIME about a tenth of an edit pass on the toy CPU (benchmarks/lime_overhead.py)
+KMEANS_INITS = 1
+
+
 def cluster(features, n_clusters: int = 8, method: str = "kmeans", distance_threshold: float = 0.5,
             seed: int = 0) -> np.ndarray:
-    """Cluster (N, C) L2-normalised features (array or tensor): KMeans with `n_clusters` (in torch on
-    the features' device: :func:`editnb.clustering.kmeans`), or agglomerative clustering with cosine
+    """Cluster (N, C) L2-normalised features (array or tensor): KMeans with `n_clusters` from
+    :data:`KMEANS_INITS` seedings (in torch on the features' device: :func:`editnb.clustering.kmeans`), or agglomerative clustering with cosine
     distance and a threshold in (0, 1) instead of a cluster count (Sec. A.7.2; higher threshold, more
     clusters)."""
     if method == "kmeans":
         x = torch.as_tensor(features)
         n_clusters = check_n_clusters(n_clusters, len(x))
-        return kmeans(x, n_clusters, n_init=3, seed=seed).cpu().numpy()
+        return kmeans(x, n_clusters, n_init=KMEANS_INITS, seed=seed).cpu().numpy()
     features = features.cpu().numpy() if torch.is_tensor(features) else features
     if method == "agglomerative":
         from sklearn.cluster import AgglomerativeClustering
@@ -252,8 +256,8 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
     :func:`_default_roi_resolutions`), upsampled to `size`.
 
     ``reading="mean"`` (the course's): features and attention averaged over the steps of a
-    `steps`-step schedule, or over its first `feature_steps` only, where the pass then stops
-    (``first_pass``, the finished image, is then None).  ``reading="official"``: the official code's
+    `steps`-step schedule, or over its first `feature_steps` only; the pass stops after the last step
+    it reads (it never decodes an image).  ``reading="official"``: the official code's
     single step, :func:`official_localisation_step` of the schedule (step 10 of 30), where the pass
     stops; `feature_steps` does not apply.  On toy-ip2p the course's 5-step average localises better
     (see ``LOCALISATION_STEPS`` and chapter 03, which measures both)."""
@@ -275,22 +279,25 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
         if missing:
             raise ValueError(f"{name} {missing} are not levels of this UNet; it has {levels}")
     size = size or 2 * latent_side(pipe.unet)  # 128 for SD's 64x64 latents, as the official code
-    first_step = official_localisation_step(steps) if reading == "official" else 0
-    feature_steps = first_step + 1 if reading == "official" else steps if feature_steps is None else min(steps, feature_steps)
+    first_step = 0
+    if reading == "official":
+        first_step = official_localisation_step(steps)
+        feature_steps = first_step + 1
+    elif feature_steps is None:
+        feature_steps = steps
+    feature_steps = min(steps, feature_steps)
     if feature_steps < 1:
         raise ValueError(f"feature_steps is a number of denoising steps >= 1, got {feature_steps}")
     collector = _FeatureCollector(resolutions, roi_resolutions, feature_steps, first_step)
 
-    def stop(i, t, latents):
-        if i + 1 >= feature_steps < steps:
+    def stop(i, t, latents):  # after the last step read: no further UNet call, and no decoding
+        if i + 1 >= feature_steps:
             raise _Stop
 
-    first = None
     with attach(pipe.unet, collector):
         try:
-            first = diffusion.instruct_pix2pix(pipe, image, instruction, text_guidance=text_guidance,
-                                               image_guidance=image_guidance, steps=steps, generator=generator,
-                                               on_step=stop).image
+            diffusion.instruct_pix2pix(pipe, image, instruction, text_guidance=text_guidance,
+                                       image_guidance=image_guidance, steps=steps, generator=generator, on_step=stop)
         except _Stop:
             pass
 
@@ -327,7 +334,7 @@ def localise(pipe, image, instruction: str, n_clusters: int = 8, clustering: str
                   if w in words}
     attention = _unit(total[tokens].mean(0).numpy())
     roi, chosen = _choose_roi(segments, attention, top_clusters)
-    return Localisation(segments, attention, token_maps, roi, chosen, words, first, flat, channels, how)
+    return Localisation(segments, attention, token_maps, roi, chosen, words, flat, channels, how)
 
 
 #: the localisation readings that chapter 03 and ``scripts/lime_localisation_readings.py`` compare
@@ -346,8 +353,7 @@ def roi_ious(pipe, edits, seed: int = 0, **options) -> list[float]:
     for e in edits:
         loc = localise(pipe, e.source_image(), e.instruction, generator=torch.Generator().manual_seed(seed), **options)
         true = np.asarray(e.mask(), bool)
-        roi = F.interpolate(torch.from_numpy(loc.roi).float()[None, None], size=true.shape, mode="nearest")[0, 0] > 0.5
-        ious.append(metrics.mask_iou(roi.numpy(), true))
+        ious.append(metrics.mask_iou(mask_at(loc.roi, true.shape), true))
     return ious
 
 
@@ -406,6 +412,7 @@ class LimeRegularizer(Controller):
         self.unrelated = unrelated_tokens(tokenizer, instruction)
         self.mode, self.min_resolution, self.step_range, self.branch = mode, min_resolution, step_range, branch
         self._cache: dict[int, torch.Tensor] = {}
+        self._biases: dict[tuple, torch.Tensor] = {}
 
     def active(self, site) -> bool:
         if site.kind != "cross" or site.resolution < self.min_resolution:
@@ -452,11 +459,15 @@ class LimeRegularizer(Controller):
     def logit_bias(self, site, batch_heads, queries, keys, dtype, device):
         if self.mode != "unrelated" or not self.active(site):
             return None
-        inside = self.roi_at(site.resolution).to(device)
-        bias = torch.zeros(queries, keys, dtype=dtype, device=device)
-        cols = torch.tensor([t for t in self.unrelated if t < keys], device=device)
-        # the most negative float rather than -inf: identical after the softmax, no NaN risk
-        bias[inside.nonzero()[:, 0][:, None], cols[None]] = torch.finfo(dtype).min
+        cached = (site.resolution, queries, keys, dtype, str(device))
+        if cached not in self._biases:  # the same at every step: built once per layer shape
+            inside = self.roi_at(site.resolution).to(device)
+            bias = torch.zeros(queries, keys, dtype=dtype, device=device)
+            cols = torch.tensor([t for t in self.unrelated if t < keys], device=device)
+            # the most negative float rather than -inf: identical after the softmax, no NaN risk
+            bias[inside.nonzero()[:, 0][:, None], cols[None]] = torch.finfo(dtype).min
+            self._biases[cached] = bias
+        bias = self._biases[cached]
         if self.branch is None:
             return bias[None]
         batch = batch_heads // site.heads
