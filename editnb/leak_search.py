@@ -36,6 +36,10 @@ from .toy import oracle, world
 KINDS = ("recolor", "reshape", "remove", "add", "move")
 NEIGHBOURS = ("alone", "adjacent", "apart")
 TEXT_GUIDANCE, PAPER_TEXT_GUIDANCE = 7.5, 2.0
+#: the settings chapter 03 and scripts/lime_leak_search.py measure with (one stored result each):
+#: the search's pool (test scenes 60000+ per kind) and the held-out split (test scenes 80000+)
+SEARCH = {"per_kind": 60, "start": 60_000, "steps": 20}
+SPLIT = {"n": 100, "start": 80_000, "steps": 20}
 
 
 def neighbour(edit: world.Edit) -> str:

@@ -1,11 +1,11 @@
 """Where InstructPix2Pix leaks on ToyWorld, and what LIME does there (chapter 03, section 5).
 
-    python scripts/lime_leak_search.py [--per-kind 60] [--n 100]
+    python scripts/lime_leak_search.py [--search-only]
 
-1. The search: plain IP2P (s_T = 7.5) over `per-kind` held-out edits of each object-local kind (test
-   scenes 60000+), the mean leak per stratum (edit kind x where the nearest other object is).
-2. The leak-prone split: the strata at least 1.5x the pool's mean leak; `n` fresh edits of them
-   (test scenes 80000+, never the pool's).
+1. The search: plain IP2P (s_T = 7.5) over 60 held-out edits of each object-local kind (test scenes
+   60000+), the mean leak per stratum (edit kind x where the nearest other object is).
+2. The leak-prone split: the strata at least 1.5x the pool's mean leak; 100 fresh edits of them
+   (test scenes 80000+, never the pool's).  (``leak_search.SEARCH`` and ``SPLIT``.)
 3. IP2P and IP2P + LIME on the split at equal s_T (7.5 and 2) and at the paper's pair (LIME s_T = 2
    against IP2P s_T = 7.5): leak, success, background PSNR; LIME's leak cut with a 90 % bootstrap interval.
 
@@ -22,12 +22,9 @@ from editnb.results import measured
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-kind", type=int, default=60)
-    ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--search-only", action="store_true")
     args = ap.parse_args()
-    records = measured("lime-leak-search", leak_search.search, profile="toy", per_kind=args.per_kind, start=60_000,
-                       steps=20)
+    records = measured("lime-leak-search", leak_search.search, profile="toy", **leak_search.SEARCH)
     overall = sum(r["leak"] for r in records) / len(records)
     print(f"search: {len(records)} edits, mean IP2P leak {overall:.2f} grey levels")
     for s, row in leak_search.strata_table(records).items():
@@ -36,8 +33,7 @@ def main():
     print("leak-prone strata (>= 1.5x the pool's mean):", strata)
     if args.search_only:
         return
-    result = measured("lime-leak-prone", leak_search.compare, profile="toy", strata=strata, n=args.n, start=80_000,
-                      steps=20)
+    result = measured("lime-leak-prone", leak_search.compare, profile="toy", strata=strata, **leak_search.SPLIT)
     for name, row in leak_search.summary(result).items():
         print(f"  {name:<14} leak {row['leak']:6.2f}  done {row['done']:.2f}  background PSNR {row['background PSNR']:.2f} dB")
     for lime_s, ip2p_s in (("LIME s_T=7.5", "IP2P s_T=7.5"), ("LIME s_T=2", "IP2P s_T=2"), ("LIME s_T=2", "IP2P s_T=7.5")):
