@@ -11,8 +11,9 @@ and the exact edit masks, not by eye:
    object's nearest other object is (:func:`neighbour`: alone in the scene, in an adjacent grid
    cell, or further apart).  The leak of each edit: the mean |change| outside its exact mask.
 2. :func:`leak_prone`: the strata whose mean leak is at least `factor` times the pool's, with
-   enough edits to trust the mean; :func:`split_edits` draws FRESH edits of those strata from
-   another range of test scenes (never the pool's).
+   enough edits to trust the mean; :func:`neighbour_effect`: the strata where an adjacent object
+   multiplies the leak of its kind (the spill between objects); :func:`split_edits` draws FRESH
+   edits of given strata from another range of test scenes (never the pool's).
 3. :func:`compare`: IP2P and IP2P + LIME on that split, at equal text guidance (s_T = 7.5 and 2)
    and at the paper's pair (LIME at s_T = 2 against IP2P at 7.5): leak, the oracle's verdict and
    the background PSNR.
@@ -119,6 +120,20 @@ def leak_prone(records: list[dict], factor: float = 1.5, min_edits: int = 8) -> 
     table = strata_table(records)
     chosen = [s for s, row in table.items() if row["edits"] >= min_edits and row["mean leak"] >= factor * overall]
     return sorted(chosen, key=lambda s: -table[s]["mean leak"])
+
+
+def neighbour_effect(records: list[dict], factor: float = 2.0, min_edits: int = 8) -> list[str]:
+    """The "kind / adjacent" strata whose mean IP2P leak is at least `factor` times that of the same
+    kind with the edited object alone in the scene (both with at least `min_edits` edits): the edits
+    where a neighbouring object draws the leak, the spill LIME's regularisation is meant to stop."""
+    table = strata_table(records)
+    found = []
+    for kind in KINDS:
+        near, alone = table.get(f"{kind} / adjacent"), table.get(f"{kind} / alone")
+        if near and alone and min(near["edits"], alone["edits"]) >= min_edits \
+                and near["mean leak"] >= factor * alone["mean leak"]:
+            found.append(f"{kind} / adjacent")
+    return found
 
 
 def split_edits(strata: list[str], n: int, start: int = 80_000) -> list[world.Edit]:

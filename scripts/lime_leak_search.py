@@ -6,11 +6,13 @@
    60000+), the mean leak per stratum (edit kind x where the nearest other object is).
 2. The leak-prone split: the strata at least 1.5x the pool's mean leak; 100 fresh edits of them
    (test scenes 80000+, never the pool's).  (``leak_search.SEARCH`` and ``SPLIT``.)
-3. IP2P and IP2P + LIME on the split at equal s_T (7.5 and 2) and at the paper's pair (LIME s_T = 2
+3. The spill split: the "kind / adjacent" strata where a neighbouring object at least doubles the
+   leak of its kind (``leak_search.neighbour_effect``), 100 fresh edits of them likewise.
+4. IP2P and IP2P + LIME on each split at equal s_T (7.5 and 2) and at the paper's pair (LIME s_T = 2
    against IP2P s_T = 7.5): leak, success, background PSNR; LIME's leak cut with a 90 % bootstrap interval.
 
-Both measurements go through ``editnb.results.measured``: stored in data/results/ (lime-leak-search,
-lime-leak-prone), read back by chapter 03 while the code and models stay the same.
+The measurements go through ``editnb.results.measured``: stored in data/results/ (lime-leak-search,
+lime-leak-prone, lime-leak-spill), read back by chapter 03 while the code and models stay the same.
 """
 from __future__ import annotations
 
@@ -33,13 +35,18 @@ def main():
     print("leak-prone strata (>= 1.5x the pool's mean):", strata)
     if args.search_only:
         return
-    result = measured("lime-leak-prone", leak_search.compare, profile="toy", strata=strata, **leak_search.SPLIT)
-    for name, row in leak_search.summary(result).items():
-        print(f"  {name:<14} leak {row['leak']:6.2f}  done {row['done']:.2f}  background PSNR {row['background PSNR']:.2f} dB")
-    for lime_s, ip2p_s in (("LIME s_T=7.5", "IP2P s_T=7.5"), ("LIME s_T=2", "IP2P s_T=2"), ("LIME s_T=2", "IP2P s_T=7.5")):
-        c = leak_search.leak_cut(result, lime_s, ip2p_s)
-        print(f"  {lime_s} vs {ip2p_s}: leak cut {100 * c['cut']:.1f} % (90 % interval {100 * c['low']:.1f} to "
-              f"{100 * c['high']:.1f}), success {c['success points']:+.1f} points")
+    spill = leak_search.neighbour_effect(records)
+    print("strata where an adjacent object at least doubles its kind's leak:", spill)
+    for name, chosen in (("lime-leak-prone", strata), ("lime-leak-spill", spill)):
+        result = measured(name, leak_search.compare, profile="toy", strata=chosen, **leak_search.SPLIT)
+        print(f"{name}: {len(result['edits'])} held-out edits of {chosen}; RoI IoU {sum(result['roi iou']) / len(result['roi iou']):.3f}")
+        for setting, row in leak_search.summary(result).items():
+            print(f"  {setting:<14} leak {row['leak']:6.2f}  done {row['done']:.2f}  background PSNR "
+                  f"{row['background PSNR']:.2f} dB  leak inside the RoI {row['leak in RoI']:.2f}")
+        for lime_s, ip2p_s in (("LIME s_T=7.5", "IP2P s_T=7.5"), ("LIME s_T=2", "IP2P s_T=2"), ("LIME s_T=2", "IP2P s_T=7.5")):
+            c = leak_search.leak_cut(result, lime_s, ip2p_s)
+            print(f"  {lime_s} vs {ip2p_s}: leak cut {100 * c['cut']:.1f} % (90 % interval {100 * c['low']:.1f} to "
+                  f"{100 * c['high']:.1f}), success {c['success points']:+.1f} points")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,13 @@ def test_leak_cut_is_one_minus_the_ratio_of_mean_leaks_with_a_paired_interval():
     summary = leak_search.summary({"scores": {"IP2P": [dict(r, **{"background PSNR": 30.0, "leak in RoI": 0.25})
                                                        for r in ip2p_rows]}})
     assert summary["IP2P"] == {"leak": 4.0, "done": 0.5, "background PSNR": 30.0, "leak in RoI": 0.25}
+
+
+def test_the_neighbour_effect_compares_each_kind_adjacent_with_alone():
+    records = ([{"stratum": "recolor / adjacent", "leak": 2.0}] * 8 + [{"stratum": "recolor / alone", "leak": 0.5}] * 8
+               + [{"stratum": "reshape / adjacent", "leak": 1.5}] * 8 + [{"stratum": "reshape / alone", "leak": 1.0}] * 8
+               + [{"stratum": "move / adjacent", "leak": 9.0}] * 3 + [{"stratum": "move / alone", "leak": 1.0}] * 8)
+    # recolour: 2.0 >= 2 x 0.5; reshape: 1.5 < 2 x 1.0; move: too few adjacent edits
+    assert leak_search.neighbour_effect(records) == ["recolor / adjacent"]
+    assert leak_search.neighbour_effect(records, factor=1.5) == ["recolor / adjacent", "reshape / adjacent"]
+    assert leak_search.neighbour_effect(records, min_edits=3) == ["recolor / adjacent", "move / adjacent"]
