@@ -132,8 +132,8 @@ def _toy_02(resolution):
         oracle=toy_oracle, edit=world.edit_for("test", 30_001, kind="recolor"), editor="iedit", note="",
         captions=[world.scene_for("train", 5_000_000 + k).caption for k in range(5)],
         edit_prompt=iedit.toy_edit_prompt, models=("toy-sd", "toy-iedit"), runs=("SDEdit (toy-sd)", "iEdit", "iEdit-M"),
-        paired_set=lambda features, clipseg: iedit.toy_paired_set(n=200, pool_size=3000, seed=1, features=features,
-                                                                  clipseg=clipseg))
+        pool_size=3000, paired_set=lambda features, clipseg: iedit.toy_paired_set(n=200, pool_size=3000, seed=1,
+                                                                                  features=features, clipseg=clipseg))
 
 
 IEDIT_NOTE = ("iEdit released no weights, so on this profile the chapter runs what can honestly run on SD 1.5: the "
