@@ -37,3 +37,12 @@ def test_table_3_shares_plain_ip2p_with_table_7_and_lime_improves_hive_on_every_
     for base in ("HIVE", "HIVE w/MB"):
         plain, limed = t.loc[base], t.loc[base + " + LIME"]
         assert (limed[["L1", "L2"]] <= plain[["L1", "L2"]]).all() and (limed[["CLIP-I", "DINO", "CLIP-T"]] > plain[["CLIP-I", "DINO", "CLIP-T"]]).all()
+
+
+def test_instructdiffusion_with_lime_is_no_worse_on_any_metric_and_ties_clip_t():
+    """Sec. A.1's text: LIME inside InstructDiffusion improves L1, L2, CLIP-I and DINO on MagicBrush and
+    leaves CLIP-T at 0.30."""
+    t = lime_paper.table(lime_paper.INSTRUCTDIFFUSION_MAGICBRUSH)
+    plain, limed = t.loc["InstructDiffusion"], t.loc["InstructDiffusion + LIME"]
+    assert (limed[["L1", "L2"]] < plain[["L1", "L2"]]).all() and (limed[["CLIP-I", "DINO"]] > plain[["CLIP-I", "DINO"]]).all()
+    assert limed["CLIP-T"] == plain["CLIP-T"] == 0.30
